@@ -1,0 +1,1 @@
+"""One module per pipeline stage: ingest, validate, template, route, deliver, track."""

@@ -1,0 +1,1 @@
+"""Avro schemas (the contract of every event), their loading and fastavro serde."""

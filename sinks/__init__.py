@@ -1,0 +1,1 @@
+"""The ClickHouse sink, its migrations and the analytics queries."""

@@ -1,0 +1,1 @@
+"""Herald's Faust app, settings, topic catalog, Avro codec and the `herald` CLI."""

@@ -1,0 +1,43 @@
+"""One settings object for every Herald process, read from HERALD_* environment variables."""
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=".env", extra="ignore")
+
+    # Where local servers keep their data and logs (git-ignored).
+    data_dir: Path = REPO_ROOT / ".herald"
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    topic_partitions: int = 4
+    topic_replication: int = 1
+    # Retention of the flow topics; templates and preferences are compacted and kept forever.
+    topic_retention_ms: int = 7 * 24 * 3600 * 1000
+
+    # Confluent-compatible schema registry; unset means Avro single-object encoding.
+    schema_registry_url: str | None = None
+
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 9000
+    clickhouse_http_port: int = 8123
+    clickhouse_database: str = "herald"
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+
+    # ClickHouse sink: flush when this many events are buffered or this many seconds passed.
+    sink_batch_size: int = 20_000
+    sink_flush_seconds: float = 1.0
+    sink_retry_max_seconds: float = 30.0
+
+    app_id: str = "herald"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""The topic catalog of ARCHITECTURE.md: every Kafka topic Herald uses, and `herald topics create`.
+
+Producer and consumer of each topic are named in `doc`, so a reader finds both in one place.
+"""
+
+from dataclasses import dataclass
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from streams.settings import Settings
+
+CHANNELS = ("email", "sms", "push", "in_app", "chat")
+# Non-blocking retry topics, one per backoff step (seconds); see agents/deliver.py.
+RETRY_DELAYS_S = (5, 30, 300)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    schemas: tuple[str, ...]
+    doc: str
+    compacted: bool = False
+
+
+def deliver_topic(channel: str, high: bool = False) -> str:
+    return f"herald.deliver.{channel}" + (".high" if high else "")
+
+
+def retry_topic(delay_s: int) -> str:
+    return f"herald.retry.{delay_s}s"
+
+
+REQUESTS = TopicSpec("herald.requests", ("NotificationRequest", "NotificationBatch"),
+                     "business services and the gateway produce; ingest consumes")
+ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes")
+VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes")
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes")
+REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
+DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
+EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes")
+TEMPLATES = TopicSpec("herald.templates", ("TemplateUpserted",),
+                      "`herald templates put` produces; the template table folds it", compacted=True)
+PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),
+                        "`herald prefs set` produces; the preference table folds it", compacted=True)
+DELIVER = tuple(
+    TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes")
+    for channel in CHANNELS
+    for high in (False, True)
+)
+RETRY = tuple(
+    TopicSpec(retry_topic(delay), ("DeliveryTask",), "deliver produces failed attempts; deliver consumes when due")
+    for delay in RETRY_DELAYS_S
+)
+
+CATALOG: tuple[TopicSpec, ...] = (
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+)
+
+
+def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    if spec.compacted:
+        return {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
+    return {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms)}
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create every topic of the catalog that does not exist yet; returns the names created."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(spec.name, settings.topic_partitions, settings.topic_replication,
+                     topic_configs=topic_config(spec, settings))
+            for spec in CATALOG
+            if spec.name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass  # another process created them between list and create
+        return [t.name for t in missing]
+    finally:
+        admin.close()
