@@ -81,6 +81,16 @@ stop_pid() {
 spawn() {
   local pidfile=$1 out=$2
   shift 2
-  setsid "$@" </dev/null >>"$out" 2>&1 &
+  # 9>&-: the server must not inherit take_lock's lock fd, or it would hold
+  # the lock for its whole life.
+  setsid "$@" </dev/null >>"$out" 2>&1 9>&- &
   echo $! >"$pidfile"
+}
+
+# Serialise start/stop of one service (e.g. parallel test workers all calling
+# start): the lock is held on fd 9 until the script exits.
+take_lock() {
+  mkdir -p "$(dirname "$1")"
+  exec 9>"$1"
+  flock -w 120 9 || die "could not lock $1 within 120s"
 }

@@ -39,9 +39,15 @@ fetch() {
   log "fetching Kafka jars with Maven into $LIB_DIR"
   local tmp="$LIB_DIR.tmp.$$"
   rm -rf "$tmp"
-  mvn -q -B -f "$POM" dependency:copy-dependencies \
-    -DoutputDirectory="$tmp" -DincludeScope=runtime \
-    || { rm -rf "$tmp"; die "mvn dependency:copy-dependencies failed"; }
+  mkdir -p "$tmp"
+  # mvn output goes to a file (even -q -B prints stray ANSI codes); shown on failure.
+  if ! mvn -q -B -f "$POM" dependency:copy-dependencies \
+    -DoutputDirectory="$tmp" -DincludeScope=runtime >"$tmp/mvn.log" 2>&1; then
+    show_tail "$tmp/mvn.log"
+    rm -rf "$tmp"
+    die "mvn dependency:copy-dependencies failed"
+  fi
+  rm -f "$tmp/mvn.log"
   touch "$tmp/.complete"
   rm -rf "$LIB_DIR"
   mkdir -p "$(dirname "$LIB_DIR")"
@@ -78,6 +84,7 @@ wait_ready() {
   while ((SECONDS < deadline)); do
     if ! kill -0 "$pid" 2>/dev/null; then
       show_tail "$server_log" "$LOG_DIR/stdout.log"
+      rm -f "$PID_FILE"
       die "broker process $pid exited during startup"
     fi
     # If the log rolled over meanwhile, it is all from this run.
@@ -91,7 +98,10 @@ wait_ready() {
     sleep 0.5
   done
   show_tail "$server_log" "$LOG_DIR/stdout.log"
-  die "broker not ready on 127.0.0.1:$PORT after ${START_TIMEOUT}s (pid $pid still running; logs in $LOG_DIR)"
+  # Don't leave a half-started broker behind: a later start would take it
+  # for a healthy one.
+  stop_pid "$PID_FILE" "$PID_PATTERN" "$STOP_TIMEOUT"
+  die "broker not ready on 127.0.0.1:$PORT after ${START_TIMEOUT}s; stopped it (logs in $LOG_DIR)"
 }
 
 start() {
@@ -137,6 +147,9 @@ status() {
   fi
 }
 
+case "${1:-}" in
+  fetch | start | stop | restart) take_lock "$KAFKA_DIR/.lock" ;;
+esac
 case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
