@@ -1,4 +1,9 @@
-"""The Faust app every stage runs in, and the Faust handles of the topic catalog."""
+"""The Faust apps the stages run in, and the Faust handles of the topic catalog.
+
+Each stage is its own Faust app (consumer group `herald-<stage>`), so each runs and scales on its own:
+one process per stage locally (`herald worker --stage all` starts them all), one Deployment per stage
+on Kubernetes.
+"""
 
 import faust
 
@@ -7,9 +12,12 @@ from streams.settings import Settings, get_settings
 from streams.topics import TopicSpec
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
+    app_id = app_id or settings.app_id
+    datadir = settings.data_dir / "faust" / app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     return faust.App(
-        settings.app_id,
+        app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         # at_least_once on purpose: faust-streaming's exactly_once is broken (#323, #440, #517);
         # every effect downstream is idempotent instead.
@@ -18,20 +26,23 @@ def create_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
-        topic_allow_declare=False,  # `herald topics create` owns topic configuration
         store="memory://",  # tables recover from their changelog topics on start
-        datadir=str(settings.data_dir / "faust"),
+        datadir=str(datadir),
         web_enabled=False,
         producer_acks=-1,
         producer_linger_ms=5,
+        producer_max_batch_size=256 * 1024,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
+        stream_buffer_maxsize=4096,
     )
 
 
-app = create_app(get_settings())
+def stage_app(stage: str) -> faust.App:
+    settings = get_settings()
+    return create_app(settings, f"{settings.app_id}-{stage}")
 
 
-def topic(spec: TopicSpec) -> faust.TopicT:
+def topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     """The Faust topic for a catalog entry; values are Avro records (dicts) via the Avro codec."""
-    return app.topic(spec.name, key_type=bytes, value_serializer=codec_name(spec.schemas), partitions=None)
+    return app.topic(spec.name, key_type=bytes, value_serializer=codec_name(spec.schemas))

@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from streams.processes import run_stage_processes
 from streams.settings import get_settings
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
@@ -55,17 +56,18 @@ def worker(
     stage: Annotated[list[str], typer.Option(help=f"Stage(s) to run: {', '.join(STAGES)} or all.")] = ["all"],
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
 ) -> None:
-    """Run pipeline stages as one Faust worker."""
-    from faust import Worker
-
-    from streams.app import app as faust_app
-
+    """Run one stage as a Faust worker, or all of them, one process each."""
     names = list(STAGES) if "all" in stage else stage
     unknown = set(names) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s): {', '.join(sorted(unknown))}")
-    services = []
-    for name in names:
-        module = importlib.import_module(STAGES[name])
-        services.extend(getattr(module, "services", lambda: [])())
-    Worker(faust_app, *services, loglevel=loglevel, quiet=True).execute_from_commandline()
+    if len(names) > 1:
+        raise typer.Exit(run_stage_processes(names, loglevel))
+    from faust import Worker
+
+    module = importlib.import_module(STAGES[names[0]])
+    Worker(module.stage.app, *module.stage.services, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+if __name__ == "__main__":
+    app()

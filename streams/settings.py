@@ -37,6 +37,27 @@ class Settings(BaseSettings):
 
     app_id: str = "herald"
 
+    # Delivery: tasks in flight per deliver agent, attempts before giving up, and how long the
+    # delivered table remembers a sent notification (longer than any retry can take).
+    deliver_concurrency: int = 64
+    delivery_max_attempts: int = 5
+    delivered_ttl_s: int = 7 * 24 * 3600
+
+    # HTTP gateway.
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    api_key: str = "dev-key"
+
+    # Email provider (SMTP). Locally, `herald up` runs an aiosmtpd server on this port.
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 2525
+    smtp_pool_size: int = 8
+    smtp_timeout_s: float = 10.0
+    email_from: str = "Herald <noreply@herald.local>"
+    email_domain: str = "herald.local"
+    # How long ingest remembers an idempotency key.
+    idempotency_ttl_s: int = 24 * 3600
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

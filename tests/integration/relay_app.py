@@ -13,7 +13,7 @@ from streams.settings import get_settings
 SOURCE = os.environ["RELAY_SOURCE"]
 TARGET = os.environ["RELAY_TARGET"]
 
-app = create_app(get_settings().model_copy(update={"app_id": os.environ["RELAY_APP_ID"]}))
+app = create_app(get_settings(), os.environ["RELAY_APP_ID"])
 values = codec_name(("LifecycleEvent",))
 source = app.topic(SOURCE, key_type=bytes, value_serializer=values)
 target = app.topic(TARGET, key_type=bytes, value_serializer=values)

@@ -1,0 +1,158 @@
+"""Tables folded from compacted logs: templates (herald.templates) and preferences (herald.preferences).
+
+Every stage process that needs one reads the whole compacted topic from the beginning, folds it into
+memory and keeps tailing it. Not a Faust GlobalTable: we need our own index (a template's versions
+and locales under one id), the source topic *is* the log (no second changelog topic to keep in
+step), and a stage must not process anything until the table has caught up, which `wait_ready()`
+makes explicit.
+"""
+
+import asyncio
+import logging
+from abc import abstractmethod
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from mode import Service
+
+from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
+from streams.settings import Settings
+from streams.topics import PREFERENCES, TEMPLATES, TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+class FoldedTable(Service):
+    spec: TopicSpec
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.serde = serde or default_serde()
+        self.ready = asyncio.Event()
+        # No group: every process reads every partition of the log.
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
+
+    @abstractmethod
+    def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
+        """Apply one log entry; `record` is None for a tombstone."""
+
+    async def on_start(self) -> None:
+        await self.consumer.start()
+        partitions = [TopicPartition(self.spec.name, p) for p in self.consumer.partitions_for_topic(self.spec.name) or ()]
+        if not partitions:
+            raise RuntimeError(f"topic {self.spec.name} is missing; run `herald topics create`")
+        self.consumer.assign(partitions)
+        await self.consumer.seek_to_beginning(*partitions)
+        self.end_offsets = await self.consumer.end_offsets(partitions)
+
+    async def on_stop(self) -> None:
+        await self.consumer.stop()
+
+    async def wait_ready(self) -> None:
+        await self.ready.wait()
+
+    @Service.task
+    async def _tail(self) -> None:
+        while not self.should_stop:
+            batches = await self.consumer.getmany(timeout_ms=500)
+            for messages in batches.values():
+                for message in messages:
+                    self.apply(message.key, message.value)
+            if not self.ready.is_set() and await self.caught_up():
+                log.info("%s: folded %d keys", self.spec.name, len(self))
+                self.ready.set()
+
+    def apply(self, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.fold(key, None)
+            return
+        try:
+            self.fold(key, self.serde.decode(value, self.spec.schemas[0]))
+        except SchemaDecodeError as exc:  # a bad entry must not stop the table; it stays visible in the log
+            log.error("%s: skipping undecodable entry for key %r: %s", self.spec.name, key, exc)
+
+    async def caught_up(self) -> bool:
+        for tp, end in self.end_offsets.items():
+            if await self.consumer.position(tp) < end:
+                return False
+        return True
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+
+def template_key(template_id: str, locale: str, version: int) -> bytes:
+    """Key on herald.templates: one per version and locale, so compaction keeps every version."""
+    return f"{template_id}/{locale}/{version}".encode()
+
+
+def template_key_parts(key: bytes) -> tuple[str, str, int]:
+    template_id, locale, version = key.decode().rsplit("/", 2)
+    return template_id, locale, int(version)
+
+
+class TemplateTable(FoldedTable):
+    """template_id → locale → version → TemplateUpserted."""
+
+    spec = TEMPLATES
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, serde, **kwargs)
+        self.templates: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+
+    def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
+        if record is None or record["deleted"]:
+            template_id, locale, version = template_key_parts(key)
+            self.templates.get(template_id, {}).get(locale, {}).pop(version, None)
+        else:
+            versions = self.templates.setdefault(record["template_id"], {}).setdefault(record["locale"], {})
+            versions[record["version"]] = record
+
+    def find(self, template_id: str, locale: str | None = None, version: int | None = None) -> dict[str, Any] | None:
+        """The template for a locale (falling back to its language, then 'en', then any) and version (or the latest)."""
+        locales = self.templates.get(template_id)
+        if not locales:
+            return None
+        versions = None
+        for candidate in (locale, locale.split("-")[0] if locale else None, "en"):
+            if candidate and locales.get(candidate):
+                versions = locales[candidate]
+                break
+        if versions is None:
+            versions = next((v for v in locales.values() if v), None)
+        if not versions:
+            return None
+        return versions.get(version) if version is not None else versions[max(versions)]
+
+    def for_notification(self, notification: dict[str, Any], preferences: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The template a notification renders with, in the recipient's (or the preferred) locale."""
+        locale = notification["recipient"]["locale"] or (preferences or {}).get("locale")
+        return self.find(notification["template_id"], locale, notification["template_version"])
+
+    def __len__(self) -> int:
+        return len(self.templates)
+
+
+class PreferenceTable(FoldedTable):
+    """user_id → PreferencesUpdated (the whole, latest record)."""
+
+    spec = PREFERENCES
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, serde, **kwargs)
+        self.preferences: dict[str, dict[str, Any]] = {}
+
+    def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
+        if record is None:
+            self.preferences.pop(key.decode(), None)
+        else:
+            self.preferences[record["user_id"]] = record
+
+    def get(self, user_id: str) -> dict[str, Any] | None:
+        return self.preferences.get(user_id)
+
+    def __len__(self) -> int:
+        return len(self.preferences)
