@@ -97,6 +97,10 @@ class EventSink(Service):
         self.serde = serde or default_serde()
         self.writer = ClickHouseWriter(settings)
         self.rows_written = 0
+
+    async def on_start(self) -> None:
+        # Kafka clients are made here, inside the running loop, not at import.
+        settings = self.settings
         self.consumer = AIOKafkaConsumer(
             EVENTS.name,
             bootstrap_servers=settings.kafka_bootstrap,
@@ -108,8 +112,6 @@ class EventSink(Service):
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-
-    async def on_start(self) -> None:
         await self.producer.start()
         await self.consumer.start()
 

@@ -22,8 +22,9 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         # at_least_once on purpose: faust-streaming's exactly_once is broken (#323, #440, #517);
         # every effect downstream is idempotent instead.
         processing_guarantee="at_least_once",
-        key_serializer="raw",
-        value_serializer="raw",
+        # Tables (idempotency keys, delivered) keep JSON; catalog topics carry raw keys and Avro values.
+        key_serializer="json",
+        value_serializer="json",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
         store="memory://",  # tables recover from their changelog topics on start
@@ -45,4 +46,4 @@ def stage_app(stage: str) -> faust.App:
 
 def topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
     """The Faust topic for a catalog entry; values are Avro records (dicts) via the Avro codec."""
-    return app.topic(spec.name, key_type=bytes, value_serializer=codec_name(spec.schemas))
+    return app.topic(spec.name, key_type=bytes, key_serializer="raw", value_serializer=codec_name(spec.schemas))

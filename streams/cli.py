@@ -1,17 +1,27 @@
 """The `herald` command line."""
 
 import importlib
-from typing import Annotated
+import json
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from streams.processes import run_stage_processes
 from streams.settings import get_settings
+from streams.topics import PREFERENCES, TEMPLATES
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
+templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
+prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+app.add_typer(templates_app, name="templates")
+app.add_typer(prefs_app, name="prefs")
 console = Console()
 
 # Stage name → the module whose import registers its Faust agents.
@@ -67,6 +77,151 @@ def worker(
 
     module = importlib.import_module(STAGES[names[0]])
     Worker(module.stage.app, *module.stage.services, loglevel=loglevel, quiet=True).execute_from_commandline()
+
+
+
+@app.command()
+def gateway() -> None:
+    """Run the HTTP gateway in the foreground."""
+    from agents.gateway import serve
+
+    serve(get_settings())
+
+
+@app.command()
+def mailbox() -> None:
+    """Run the local SMTP provider (aiosmtpd) in the foreground."""
+    from streams.local import mailbox_dir
+    from streams.mailbox import serve
+
+    settings = get_settings()
+    serve(mailbox_dir(settings), settings.smtp_host, settings.smtp_port)
+
+
+@app.command()
+def up() -> None:
+    """Start Kafka, ClickHouse, the mailbox, the workers and the gateway in the background."""
+    from streams.local import up as start_stack
+
+    with console.status("starting Herald…") as status:
+        start_stack(get_settings(), lambda line: (console.print(f"[green]✓[/] {line}"), status.update(line)))
+
+
+@app.command()
+def down() -> None:
+    """Stop everything `herald up` started."""
+    from streams.local import down as stop_stack
+
+    stop_stack(get_settings(), lambda line: console.print(f"[yellow]■[/] {line}"))
+
+
+@templates_app.command("put")
+def templates_put(path: Annotated[Path, typer.Argument(exists=True, help="JSON file: a TemplateUpserted, or a list of them.")]) -> None:
+    """Publish templates to herald.templates."""
+    from schemas.models import TemplateUpserted
+    from streams.producer import publish
+    from streams.tables import template_key
+
+    documents = json.loads(path.read_text())
+    records = []
+    for document in documents if isinstance(documents, list) else [documents]:
+        document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
+        template = TemplateUpserted.model_validate(document)
+        records.append((template_key(template.template_id, template.locale, template.version), template))
+    publish(TEMPLATES, records)
+    for _, template in records:
+        console.print(f"[green]✓[/] template {template.template_id} v{template.version} ({template.locale})")
+
+
+@prefs_app.command("set")
+def prefs_set(
+    user_id: str,
+    email: Annotated[Optional[str], typer.Option(help="Email address.")] = None,
+    phone: Annotated[Optional[str], typer.Option(help="Phone number, E.164.")] = None,
+    locale: Annotated[Optional[str], typer.Option(help="BCP 47 locale.")] = None,
+    time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone.")] = None,
+    opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
+    tenant: str = "default",
+) -> None:
+    """Replace a user's preferences (herald.preferences keeps the latest per user)."""
+    from schemas.models import PreferencesUpdated
+    from streams.producer import publish
+
+    opt_outs = []
+    for item in opt_out:
+        category, _, channel = item.partition(":")
+        opt_outs.append({"category": category, "channel": channel})
+    preferences = PreferencesUpdated.model_validate({
+        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "locale": locale,
+        "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
+    })
+    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    console.print(f"[green]✓[/] preferences of {user_id}")
+
+
+@app.command()
+def send(
+    template: str,
+    user_id: str,
+    email: Annotated[Optional[str], typer.Option(help="Recipient email address.")] = None,
+    var: Annotated[list[str], typer.Option(help="NAME=VALUE template variable.")] = [],
+    channel: Annotated[list[str], typer.Option(help="Channel(s); default: the template's.")] = [],
+    idempotency_key: Optional[str] = None,
+    priority: str = "normal",
+) -> None:
+    """Send one notification through the gateway and print its id."""
+    import httpx
+
+    settings = get_settings()
+    body = {
+        "template_id": template, "recipient": {"user_id": user_id, "email": email},
+        "variables": dict(v.split("=", 1) for v in var), "channels": channel,
+        "idempotency_key": idempotency_key, "priority": priority,
+    }
+    response = httpx.post(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications",
+                          json=body, headers={"X-API-Key": settings.api_key}, timeout=10)
+    if response.status_code != 202:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    console.print(response.json()["notification_id"])
+
+
+@app.command()
+def status(notification_id: uuid.UUID) -> None:
+    """One notification's timeline, from ClickHouse."""
+    from sinks.clickhouse_client import connect
+    from sinks.queries import timeline
+
+    events = timeline(connect(get_settings()), notification_id)
+    if not events:
+        console.print(f"[yellow]no events for {notification_id} yet[/]")
+        raise typer.Exit(1)
+    table = Table("time (UTC)", "stage", "status", "channel", "attempt", "error", "detail", "latency ms",
+                  title=f"notification {notification_id}")
+    for event in events:
+        at = datetime.fromtimestamp(event["at_ms"] / 1000, timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        table.add_row(at, event["stage"], event["status"], event["channel"], str(event["attempt"]),
+                      event["error_code"], event["detail"], str(event["latency_ms"]))
+    console.print(table)
+
+
+@app.command()
+def report(
+    minutes: Annotated[int, typer.Option(help="How far back to look.")] = 60,
+) -> None:
+    """Counts per channel and status, and latency quantiles, from ClickHouse."""
+    from sinks.clickhouse_client import connect
+    from sinks.queries import counts, latency
+
+    client = connect(get_settings())
+    by_status = Table("channel", "status", "events", title=f"lifecycle events, last {minutes} min")
+    for channel, state, events in counts(client, minutes * 60):
+        by_status.add_row(channel or "-", state, f"{events:,}")
+    quantiles = Table("channel", "sent", "p50 ms", "p95 ms", "p99 ms", title="request → provider latency")
+    for channel, sent, p50, p95, p99 in latency(client, minutes * 60):
+        quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
+    console.print(by_status)
+    console.print(quantiles)
 
 
 if __name__ == "__main__":

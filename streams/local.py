@@ -47,8 +47,8 @@ def workers_ready(settings: Settings) -> bool:
     """Every stage's consumer group has a member and a settled assignment."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-up")
     try:
-        groups = admin.describe_consumer_groups(list(WORKER_GROUPS))
-        return all(group.state == "Stable" and group.members for group in groups)
+        groups = admin.describe_groups(list(WORKER_GROUPS))
+        return all(group["group_state"] == "Stable" and group["members"] for group in groups.values())
     finally:
         admin.close()
 

@@ -30,17 +30,20 @@ class FoldedTable(Service):
         self.settings = settings
         self.serde = serde or default_serde()
         self.ready = asyncio.Event()
-        # No group: every process reads every partition of the log.
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-        )
 
     @abstractmethod
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         """Apply one log entry; `record` is None for a tombstone."""
 
     async def on_start(self) -> None:
+        # No group: every process reads every partition of the log.
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
         await self.consumer.start()
+        # A consumer without a group tracks metadata only for topics it was told about; aiokafka has no
+        # public call for that short of subscribing (which needs a group).
+        await self.consumer._client.add_topic(self.spec.name)
         partitions = [TopicPartition(self.spec.name, p) for p in self.consumer.partitions_for_topic(self.spec.name) or ()]
         if not partitions:
             raise RuntimeError(f"topic {self.spec.name} is missing; run `herald topics create`")
@@ -49,7 +52,8 @@ class FoldedTable(Service):
         self.end_offsets = await self.consumer.end_offsets(partitions)
 
     async def on_stop(self) -> None:
-        await self.consumer.stop()
+        if hasattr(self, "consumer"):
+            await self.consumer.stop()
 
     async def wait_ready(self) -> None:
         await self.ready.wait()

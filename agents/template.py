@@ -1,0 +1,88 @@
+"""template: herald.validated → herald.rendered, each channel's content rendered from the template table.
+
+Jinja2's immutable sandbox renders every part: templates are data written by people, so they must
+not reach Python internals. The HTML part is autoescaped; subject and text are plain. Undefined
+variables are errors. Any exception while rendering rejects the notification with its reason.
+"""
+
+from functools import lru_cache
+from typing import Any
+
+import faust
+from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from agents.stage import Stage, lifecycle_event
+from streams.app import topic
+from streams.settings import get_settings
+from streams.tables import PreferenceTable, TemplateTable
+from streams.topics import RENDERED, VALIDATED
+
+PLAIN = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+HTML = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+
+
+class RenderError(Exception):
+    pass
+
+
+@lru_cache(maxsize=4096)
+def compiled(source: str, html: bool) -> Template:
+    """Parse each template source once; sources are immutable per (id, locale, version)."""
+    return (HTML if html else PLAIN).from_string(source)
+
+
+def render_part(source: str | None, variables: dict[str, str], html: bool = False) -> str | None:
+    if source is None:
+        return None
+    return compiled(source, html).render(variables)
+
+
+def render(template: dict[str, Any], channels: list[str], variables: dict[str, str]) -> list[dict[str, Any]]:
+    """RenderedContent for each channel; raises RenderError naming the channel and the cause."""
+    parts = {part["channel"]: part for part in template["parts"]}
+    contents = []
+    for channel in channels:
+        part = parts[channel]
+        try:
+            contents.append({
+                "channel": channel,
+                "subject": render_part(part["subject"], variables),
+                "text": render_part(part["text"], variables),
+                "html": render_part(part["html"], variables, html=True),
+                "data": {},
+            })
+        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            raise RenderError(f"{channel} part of '{template['template_id']}' v{template['version']}: "
+                              f"{type(exc).__name__}: {exc}") from exc
+    return contents
+
+
+stage = Stage("template")
+app = stage.app
+validated = topic(app, VALIDATED)
+rendered = topic(app, RENDERED)
+templates = stage.needs(TemplateTable(get_settings()))
+preferences = stage.needs(PreferenceTable(get_settings()))
+
+
+async def render_one(notification: dict[str, Any], event: faust.EventT) -> None:
+    found = templates.for_notification(notification, preferences.get(notification["recipient"]["user_id"]))
+    if found is None:  # deleted between validate and now
+        await stage.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
+        return
+    try:
+        notification["rendered"] = render(found, notification["channels"], notification["variables"])
+    except RenderError as exc:
+        await stage.reject(notification, "template_error", str(exc))
+        return
+    notification["template_version"] = found["version"]
+    await rendered.send(key=event.key, value=notification)
+    await stage.emit(lifecycle_event(notification, "rendered", stage.name))
+
+
+@app.agent(validated)
+async def template(stream: faust.StreamT) -> None:
+    await templates.wait_ready()
+    await preferences.wait_ready()
+    await stage.run(stream, render_one)

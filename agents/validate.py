@@ -1,0 +1,99 @@
+"""validate: herald.accepted → herald.validated, or herald.rejected with a reason code.
+
+Checks the recipient, that the template exists, that every variable it declares is supplied, the
+contacts of the chosen channels, and sizes. It also settles the notification's channels: the ones
+asked for, or every channel the template has a part for.
+"""
+
+from typing import Any, NamedTuple
+
+import faust
+from email_validator import EmailNotValidError, validate_email
+
+from agents.stage import Stage
+from streams.app import topic
+from streams.settings import get_settings
+from streams.tables import PreferenceTable, TemplateTable
+from streams.topics import ACCEPTED, VALIDATED
+
+MAX_VARIABLES = 200
+MAX_VARIABLE_BYTES = 16 * 1024
+MAX_TOTAL_BYTES = 128 * 1024
+
+
+class Problem(NamedTuple):
+    reason_code: str
+    detail: str
+
+
+def contact_email(notification: dict[str, Any], preferences: dict[str, Any] | None) -> str | None:
+    return notification["recipient"]["email"] or (preferences or {}).get("email")
+
+
+def size_problem(notification: dict[str, Any]) -> Problem | None:
+    variables = notification["variables"]
+    if len(variables) > MAX_VARIABLES:
+        return Problem("too_large", f"{len(variables)} variables; at most {MAX_VARIABLES}")
+    total = 0
+    for name, value in variables.items():
+        size = len(value.encode())
+        if size > MAX_VARIABLE_BYTES:
+            return Problem("too_large", f"variable '{name}' is {size} bytes; at most {MAX_VARIABLE_BYTES}")
+        total += size
+    if total > MAX_TOTAL_BYTES:
+        return Problem("too_large", f"variables total {total} bytes; at most {MAX_TOTAL_BYTES}")
+    return None
+
+
+def check(notification: dict[str, Any], template: dict[str, Any] | None,
+          preferences: dict[str, Any] | None) -> Problem | list[str]:
+    """The notification's channels when it is valid, else the first problem found."""
+    if not notification["recipient"]["user_id"].strip():
+        return Problem("missing_recipient", "recipient.user_id is empty")
+    if template is None:
+        version = notification["template_version"]
+        which = f"'{notification['template_id']}'" + (f" version {version}" if version is not None else "")
+        return Problem("unknown_template", f"no template {which}")
+    missing = [name for name in template["variables"] if name not in notification["variables"]]
+    if missing:
+        return Problem("missing_variable", f"template '{template['template_id']}' needs: {', '.join(missing)}")
+    problem = size_problem(notification)
+    if problem:
+        return problem
+    offered = [part["channel"] for part in template["parts"]]
+    channels = [c for c in notification["channels"] if c in offered] if notification["channels"] else offered
+    if not channels:
+        return Problem("no_channel", f"template has parts for {offered}, the request asked for {notification['channels']}")
+    email = contact_email(notification, preferences)
+    if "email" in channels and email is not None:
+        try:
+            validate_email(email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            return Problem("invalid_email", f"'{email}': {exc}")
+    return channels
+
+
+stage = Stage("validate")
+app = stage.app
+accepted = topic(app, ACCEPTED)
+validated = topic(app, VALIDATED)
+templates = stage.needs(TemplateTable(get_settings()))
+preferences = stage.needs(PreferenceTable(get_settings()))
+
+
+async def validate_one(notification: dict[str, Any], event: faust.EventT) -> None:
+    user_preferences = preferences.get(notification["recipient"]["user_id"])
+    template = templates.for_notification(notification, user_preferences)
+    result = check(notification, template, user_preferences)
+    if isinstance(result, Problem):
+        await stage.reject(notification, *result)
+        return
+    notification["channels"] = result
+    await validated.send(key=event.key, value=notification)
+
+
+@app.agent(accepted)
+async def validate(stream: faust.StreamT) -> None:
+    await templates.wait_ready()
+    await preferences.wait_ready()
+    await stage.run(stream, validate_one)

@@ -1,0 +1,22 @@
+"""Publishing records to a catalog topic from a command-line tool (kafka-python, synchronous)."""
+
+from collections.abc import Iterable
+
+from kafka import KafkaProducer
+
+from schemas.models import AvroModel
+from schemas.serde import default_serde
+from streams.settings import get_settings
+from streams.topics import TopicSpec
+
+
+def publish(spec: TopicSpec, records: Iterable[tuple[bytes, AvroModel]]) -> None:
+    """Send keyed records and wait until the broker has them all."""
+    producer = KafkaProducer(bootstrap_servers=get_settings().kafka_bootstrap, acks="all")
+    try:
+        serde = default_serde()
+        for key, record in records:
+            producer.send(spec.name, key=key, value=serde.encode_model(record))
+        producer.flush()
+    finally:
+        producer.close()
