@@ -54,11 +54,24 @@ class Deliverer:
         self.adapters = adapters
         self.retry = {delay: topic(stage.app, spec) for delay, spec in zip(RETRY_DELAYS_S, RETRY)}
         self.delivered = stage.app.Table("delivered", partitions=settings.topic_partitions)
+        # (notification, channel) → done, for tasks being sent right now: a replayed copy that
+        # arrives while the first is still in flight waits for it instead of racing the table check.
+        self.in_flight: dict[str, asyncio.Future[None]] = {}
 
     async def deliver(self, task: dict[str, Any], event: faust.EventT | None = None) -> None:
         key = delivered_key(task)
+        while key in self.in_flight:
+            await asyncio.shield(self.in_flight[key])
         if self.delivered.get(key) is not None:
             return  # sent before a crash or rebalance; this is the replay
+        self.in_flight[key] = done = asyncio.get_running_loop().create_future()
+        try:
+            await self.attempt(task, key)
+        finally:
+            del self.in_flight[key]
+            done.set_result(None)
+
+    async def attempt(self, task: dict[str, Any], key: str) -> None:
         adapter = self.adapters[task["channel"]]
         outcome = await adapter.send(task)
         if outcome.result is Result.SENT:

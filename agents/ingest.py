@@ -15,7 +15,7 @@ import faust
 from agents.stage import Stage, lifecycle_event, now_utc
 from streams.app import topic
 from streams.codec import Envelope
-from streams.ids import log_position, member_key, member_position, notification_id
+from streams.ids import idempotency_scope, log_position, member_key, member_position, notification_id
 from streams.settings import get_settings
 from streams.topics import ACCEPTED, REQUESTS
 
@@ -83,7 +83,7 @@ async def accept(request: Envelope, event: faust.EventT) -> None:
     position = log_position(message.topic, message.partition, message.offset)
     for record in expand(request, position, now_utc()):
         key = record["idempotency_key"]
-        if key and is_repeat(f"{record['tenant']}/{key}", position):
+        if key and is_repeat(idempotency_scope(record["tenant"], key), position):
             continue
         await accepted.send(key=record["notification_id"].bytes, value=record)
         await stage.emit(lifecycle_event(record, "accepted", stage.name))

@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 
 import faust
-from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agents.stage import Stage, lifecycle_event
@@ -52,7 +52,7 @@ def render(template: dict[str, Any], channels: list[str], variables: dict[str, s
                 "html": render_part(part["html"], variables, html=True),
                 "data": {},
             })
-        except (TemplateError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+        except Exception as exc:  # any failure of a person's template is a rejection, never a crash
             raise RenderError(f"{channel} part of '{template['template_id']}' v{template['version']}: "
                               f"{type(exc).__name__}: {exc}") from exc
     return contents

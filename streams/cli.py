@@ -1,6 +1,5 @@
 """The `herald` command line."""
 
-import importlib
 import json
 import uuid
 from datetime import datetime, timezone
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from streams.processes import run_stage_processes
 from streams.settings import get_settings
+from streams.worker import STAGES, run_stage
 from streams.topics import PREFERENCES, TEMPLATES
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
@@ -24,15 +24,6 @@ app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 console = Console()
 
-# Stage name → the module whose import registers its Faust agents.
-STAGES = {
-    "ingest": "agents.ingest",
-    "validate": "agents.validate",
-    "template": "agents.template",
-    "route": "agents.route",
-    "deliver": "agents.deliver",
-    "track": "agents.track",
-}
 
 
 @topics_app.command("create")
@@ -73,10 +64,7 @@ def worker(
         raise typer.BadParameter(f"unknown stage(s): {', '.join(sorted(unknown))}")
     if len(names) > 1:
         raise typer.Exit(run_stage_processes(names, loglevel))
-    from faust import Worker
-
-    module = importlib.import_module(STAGES[names[0]])
-    Worker(module.stage.app, *module.stage.services, loglevel=loglevel, quiet=True).execute_from_commandline()
+    run_stage(names[0], loglevel)
 
 
 
@@ -222,6 +210,31 @@ def report(
         quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
     console.print(by_status)
     console.print(quantiles)
+
+
+
+@app.command()
+def bench(
+    notifications: Annotated[int, typer.Option(help="How many notifications.")] = 10_000,
+    rate: Annotated[Optional[float], typer.Option(help="Requests per second; default: as fast as possible.")] = None,
+    channels: Annotated[list[str], typer.Option(help="Channels to deliver on.")] = ["email"],
+    idle_timeout: Annotated[float, typer.Option(help="Give up after this many seconds without a delivery.")] = 60,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the contract's JSON line.")] = False,
+) -> None:
+    """Drive N notifications through the running pipeline to the local mailbox and measure."""
+    import asyncio
+
+    from streams.bench import run_bench
+
+    settings = get_settings()
+    if as_json:
+        result = asyncio.run(run_bench(settings, notifications, rate, channels, idle_timeout))
+        print(json.dumps(result))
+        return
+    with console.status("benchmarking…") as status:
+        result = asyncio.run(run_bench(settings, notifications, rate, channels, idle_timeout,
+                                       lambda done, n: status.update(f"delivered {done:,} of {n:,}")))
+    console.print_json(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Notification ids: derived, not random, so the gateway can answer with the id ingest will stamp,
 and a request that ingest reads twice (at-least-once) gets the same id both times."""
 
+import json
 import uuid
 
 NOTIFICATION_NS = uuid.UUID("6f1c1f5e-7a0e-4d1b-9a7c-3d0c8f1e2b55")
@@ -18,8 +19,12 @@ def member_position(position: str, index: int) -> str:
 
 def notification_id(tenant: str, idempotency_key: str | None, position: str) -> uuid.UUID:
     """From the idempotency key when there is one (a repeat gets the same id), else from the position."""
-    name = f"key/{tenant}/{idempotency_key}" if idempotency_key else f"pos/{position}"
-    return uuid.uuid5(NOTIFICATION_NS, name)
+    return uuid.uuid5(NOTIFICATION_NS, idempotency_scope(tenant, idempotency_key) if idempotency_key else f"pos/{position}")
+
+
+def idempotency_scope(tenant: str, idempotency_key: str) -> str:
+    """A tenant's key, unambiguous whatever characters either holds."""
+    return json.dumps(["key", tenant, idempotency_key])
 
 
 def member_key(batch_key: str | None, member_key: str | None, index: int) -> str | None:

@@ -24,7 +24,8 @@ def build_message(task: dict[str, Any], settings: Settings) -> EmailMessage:
     message = EmailMessage()
     message["From"] = settings.email_from
     message["To"] = task["address"]
-    message["Subject"] = content["subject"] or ""
+    # A header cannot hold a line break; a variable may bring one into the subject.
+    message["Subject"] = " ".join((content["subject"] or "").split())
     message["Message-ID"] = message_id(task["notification_id"], settings.email_domain)
     message["X-Herald-Notification-Id"] = str(task["notification_id"])
     message.set_content(content["text"] or "")
@@ -68,7 +69,10 @@ class EmailAdapter(Service):
                 client.close()
 
     async def send(self, task: dict[str, Any]) -> Outcome:
-        message = build_message(task, self.settings)
+        try:
+            message = build_message(task, self.settings)
+        except (ValueError, TypeError) as exc:  # e.g. an address the email package refuses
+            return Outcome(Result.PERMANENT, "invalid_message", f"{type(exc).__name__}: {exc}")
         client = await self.pool.get()
         try:
             if not client.is_connected:

@@ -1,0 +1,245 @@
+"""agents/channels/email.py: the message built from a delivery task, SMTP error classification,
+and EmailAdapter.send against a real (in-process) aiosmtpd server."""
+
+import asyncio
+import email
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from email.message import EmailMessage
+from email.policy import default as default_policy
+from typing import Any
+
+import aiosmtplib
+import pytest
+from aiosmtpd.smtp import SMTP as SMTPServer
+
+from agents.channels.base import Outcome, Result
+from agents.channels.email import EmailAdapter, build_message, classify, message_id
+from streams.settings import Settings
+from tests.unit import records
+
+SETTINGS = Settings(email_from="Herald <noreply@herald.test>", email_domain="mail.herald.test")
+
+
+# --- build_message ---------------------------------------------------------------------------------------
+
+
+def test_message_headers() -> None:
+    message = build_message(records.delivery_task(), SETTINGS)
+    assert message["From"] == "Herald <noreply@herald.test>"
+    assert message["To"] == "alice@example.com"
+    assert message["Subject"] == "Hello Alice"
+    assert message["Message-ID"] == f"<{records.NOTIFICATION_ID}@mail.herald.test>"
+    assert message["X-Herald-Notification-Id"] == str(records.NOTIFICATION_ID)
+
+
+def test_message_id_is_the_idempotency_key() -> None:
+    first = build_message(records.delivery_task(attempt=0), SETTINGS)
+    retry = build_message(records.delivery_task(attempt=3), SETTINGS)
+    other = build_message(records.delivery_task(notification_id=uuid.UUID(int=5)), SETTINGS)
+    assert first["Message-ID"] == retry["Message-ID"]
+    assert first["Message-ID"] != other["Message-ID"]
+    assert message_id(records.NOTIFICATION_ID, "x.test") == f"<{records.NOTIFICATION_ID}@x.test>"
+
+
+def test_message_has_text_and_html_alternatives() -> None:
+    message = build_message(records.delivery_task(), SETTINGS)
+    assert message.get_content_type() == "multipart/alternative"
+    parts = list(message.iter_parts())
+    assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
+    assert parts[0].get_content().strip() == "Hi Alice"
+    assert parts[1].get_content().strip() == "<p>Hi Alice</p>"
+
+
+def test_message_without_html_is_plain_text() -> None:
+    message = build_message(records.delivery_task(content=records.content(html=None)), SETTINGS)
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content().strip() == "Hi Alice"
+
+
+def test_message_with_missing_subject_and_text() -> None:
+    task = records.delivery_task(content=records.content(subject=None, text=None, html=None))
+    message = build_message(task, SETTINGS)
+    assert message["Subject"] == ""
+    assert message.get_content().strip() == ""
+
+
+def test_message_keeps_unicode() -> None:
+    task = records.delivery_task(content=records.content(subject="Olá ✓", text="Obrigado, João ✓", html=None))
+    parsed = email.message_from_bytes(bytes(build_message(task, SETTINGS)), policy=default_policy)
+    assert parsed["Subject"] == "Olá ✓"
+    assert parsed.get_content().strip() == "Obrigado, João ✓"
+
+
+# --- classify --------------------------------------------------------------------------------------------
+
+
+def test_smtp_4xx_is_transient() -> None:
+    outcome = classify(aiosmtplib.SMTPResponseException(450, "mailbox busy"))
+    assert outcome.result is Result.TRANSIENT
+    assert outcome.code == "smtp_450"
+    assert "mailbox busy" in outcome.detail
+
+
+def test_smtp_5xx_is_permanent() -> None:
+    outcome = classify(aiosmtplib.SMTPResponseException(550, "no such user"))
+    assert outcome.result is Result.PERMANENT
+    assert outcome.code == "smtp_550"
+    assert "no such user" in outcome.detail
+
+
+def test_refused_recipient_uses_the_recipient_code() -> None:
+    refused = aiosmtplib.SMTPRecipientRefused(550, "no such user", "bob@example.com")
+    outcome = classify(aiosmtplib.SMTPRecipientsRefused([refused]))
+    assert outcome.result is Result.PERMANENT
+    assert outcome.code == "smtp_550"
+
+
+def test_refused_recipient_4xx_is_transient() -> None:
+    refused = aiosmtplib.SMTPRecipientRefused(451, "try later", "bob@example.com")
+    outcome = classify(aiosmtplib.SMTPRecipientsRefused([refused]))
+    assert outcome == Outcome(Result.TRANSIENT, "smtp_451", str(refused))
+
+
+@pytest.mark.parametrize("exc", [
+    ConnectionRefusedError(111, "Connection refused"),
+    aiosmtplib.SMTPConnectError("cannot connect"),
+    aiosmtplib.SMTPServerDisconnected("gone"),
+    aiosmtplib.SMTPConnectTimeoutError("connect timed out"),
+    aiosmtplib.SMTPReadTimeoutError("read timed out"),
+    TimeoutError(),
+    asyncio.TimeoutError(),
+    aiosmtplib.SMTPRecipientsRefused([]),
+])
+def test_connection_trouble_is_transient(exc: Exception) -> None:
+    outcome = classify(exc)
+    assert outcome.result is Result.TRANSIENT
+    assert outcome.code == "smtp_connection"
+    assert outcome.detail.startswith(type(exc).__name__)
+
+
+# --- EmailAdapter.send against a real SMTP server --------------------------------------------------------
+
+
+class Mailbox:
+    """aiosmtpd handler: keeps every message; refuses some recipients."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, list[str], bytes]] = []
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
+        if address.startswith("nobody@"):
+            return "550 5.1.1 no such user"
+        if address.startswith("busy@"):
+            return "450 4.2.1 mailbox busy"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 Message accepted"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[tuple[Mailbox, int]]:
+    mailbox = Mailbox()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: SMTPServer(mailbox, hostname="smtp.test"), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    assert port != 2525
+    try:
+        yield mailbox, port
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def adapter_for() -> AsyncIterator[Any]:
+    started: list[EmailAdapter] = []
+
+    async def start(port: int) -> EmailAdapter:
+        adapter = EmailAdapter(Settings(smtp_port=port, smtp_pool_size=2, smtp_timeout_s=2.0,
+                                        email_from="Herald <noreply@herald.test>", email_domain="mail.herald.test"))
+        await adapter.start()
+        started.append(adapter)
+        return adapter
+
+    yield start
+    for adapter in started:
+        await adapter.stop()
+
+
+def parse(raw: bytes) -> EmailMessage:
+    return email.message_from_bytes(raw, policy=default_policy)  # type: ignore[return-value]
+
+
+async def test_send_delivers_to_the_server(smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    outcome = await adapter.send(records.delivery_task())
+    assert outcome.result is Result.SENT
+    [(mail_from, rcpt_tos, raw)] = mailbox.received
+    assert mail_from == "noreply@herald.test"
+    assert rcpt_tos == ["alice@example.com"]
+    message = parse(raw)
+    assert message["Message-ID"] == f"<{records.NOTIFICATION_ID}@mail.herald.test>"
+    assert message["Subject"] == "Hello Alice"
+    assert message.get_body(("html",)).get_content().strip() == "<p>Hi Alice</p>"
+
+
+async def test_send_many_reuses_the_pool(smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    tasks = [records.delivery_task(notification_id=uuid.UUID(int=i)) for i in range(1, 6)]
+    outcomes = await asyncio.gather(*(adapter.send(t) for t in tasks))
+    assert [o.result for o in outcomes] == [Result.SENT] * 5
+    ids = sorted(parse(raw)["X-Herald-Notification-Id"] for _, _, raw in mailbox.received)
+    assert ids == sorted(str(t["notification_id"]) for t in tasks)
+    assert adapter.pool.qsize() == 2  # every client went back
+
+
+async def test_refused_recipient_is_permanent_and_the_next_send_works(
+        smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    refused = await adapter.send(records.delivery_task(address="nobody@example.com"))
+    assert refused.result is Result.PERMANENT
+    assert refused.code == "smtp_550"
+    assert (await adapter.send(records.delivery_task())).result is Result.SENT
+    assert [rcpt for _, rcpt, _ in mailbox.received] == [["alice@example.com"]]
+
+
+async def test_busy_recipient_is_transient(smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    outcome = await adapter.send(records.delivery_task(address="busy@example.com"))
+    assert outcome.result is Result.TRANSIENT
+    assert outcome.code == "smtp_450"
+    assert mailbox.received == []
+
+
+async def test_send_without_a_server_is_transient(adapter_for: Any) -> None:
+    adapter = await adapter_for(free_port())
+    outcome = await adapter.send(records.delivery_task())
+    assert outcome.result is Result.TRANSIENT
+    assert outcome.code == "smtp_connection"
+    assert adapter.pool.qsize() == 2
+
+
+async def test_newline_in_subject_gives_an_outcome(smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    task = records.delivery_task(content=records.content(subject="Hello Al\r\nBcc: evil@example.com"))
+    outcome = await adapter.send(task)
+    assert isinstance(outcome, Outcome)
+    for _, rcpt_tos, raw in mailbox.received:  # if sent, then with no injected header
+        assert rcpt_tos == ["alice@example.com"]
+        assert parse(raw)["Bcc"] is None

@@ -1,0 +1,196 @@
+"""streams/tables.py: folding herald.templates and herald.preferences, and finding a template.
+
+The tables are mode Services; constructing one does not connect, and `fold` is the pure step.
+"""
+
+import pytest
+
+from schemas.serde import default_serde
+from streams.settings import Settings
+from streams.tables import PreferenceTable, TemplateTable, template_key, template_key_parts
+from tests.unit import records
+
+
+def upsert(table: TemplateTable, template_id: str = "welcome", version: int = 1, locale: str = "en",
+           **fields: object) -> dict:
+    record = records.template(template_id, version, locale, **fields)
+    table.fold(template_key(template_id, locale, version), record)
+    return record
+
+
+@pytest.fixture
+def templates() -> TemplateTable:
+    return TemplateTable(Settings())
+
+
+@pytest.fixture
+def preferences() -> PreferenceTable:
+    return PreferenceTable(Settings())
+
+
+# --- keys ------------------------------------------------------------------------------------------------
+
+
+def test_template_key_round_trips() -> None:
+    assert template_key("welcome", "pt-BR", 3) == b"welcome/pt-BR/3"
+    assert template_key_parts(b"welcome/pt-BR/3") == ("welcome", "pt-BR", 3)
+
+
+def test_template_key_parts_keeps_slashes_in_the_id() -> None:
+    assert template_key_parts(template_key("billing/invoice", "en", 12)) == ("billing/invoice", "en", 12)
+
+
+# --- TemplateTable ---------------------------------------------------------------------------------------
+
+
+def test_find_unknown_template(templates: TemplateTable) -> None:
+    assert templates.find("nope") is None
+    assert len(templates) == 0
+
+
+def test_find_latest_version(templates: TemplateTable) -> None:
+    upsert(templates, version=1)
+    latest = upsert(templates, version=3)
+    upsert(templates, version=2)
+    assert templates.find("welcome") is latest
+    assert templates.find("welcome", "en") is latest
+    assert len(templates) == 1
+
+
+def test_find_a_specific_version(templates: TemplateTable) -> None:
+    first = upsert(templates, version=1)
+    upsert(templates, version=2)
+    assert templates.find("welcome", "en", 1) is first
+    assert templates.find("welcome", "en", 7) is None
+
+
+def test_an_upsert_of_the_same_version_replaces_it(templates: TemplateTable) -> None:
+    upsert(templates, version=1, category="transactional")
+    again = upsert(templates, version=1, category="marketing")
+    assert templates.find("welcome") is again
+
+
+@pytest.mark.parametrize(("locale", "expected"), [
+    ("pt-BR", "pt-BR"),  # exact
+    ("pt-PT", "pt"),  # its language
+    ("pt", "pt"),
+    ("de-AT", "en"),  # neither: English
+    (None, "en"),
+])
+def test_locale_fallback(templates: TemplateTable, locale: str | None, expected: str) -> None:
+    for available in ("en", "pt", "pt-BR"):
+        upsert(templates, locale=available)
+    assert templates.find("welcome", locale)["locale"] == expected
+
+
+def test_locale_falls_back_to_any_without_english(templates: TemplateTable) -> None:
+    upsert(templates, locale="fr")
+    assert templates.find("welcome", "de")["locale"] == "fr"
+    assert templates.find("welcome")["locale"] == "fr"
+
+
+def test_each_locale_has_its_own_latest_version(templates: TemplateTable) -> None:
+    upsert(templates, locale="en", version=5)
+    upsert(templates, locale="pt", version=2)
+    assert templates.find("welcome", "pt-BR")["version"] == 2
+    assert templates.find("welcome", "en")["version"] == 5
+
+
+def test_templates_do_not_mix(templates: TemplateTable) -> None:
+    upsert(templates, "welcome", version=1)
+    other = upsert(templates, "reset", version=9)
+    assert templates.find("reset") is other
+    assert templates.find("welcome")["version"] == 1
+    assert len(templates) == 2
+
+
+def test_a_deleted_version_is_gone(templates: TemplateTable) -> None:
+    upsert(templates, version=1)
+    upsert(templates, version=2)
+    upsert(templates, version=2, deleted=True)
+    assert templates.find("welcome", "en", 2) is None
+    assert templates.find("welcome")["version"] == 1
+
+
+def test_a_tombstone_removes_the_version_of_its_key(templates: TemplateTable) -> None:
+    upsert(templates, version=1)
+    upsert(templates, version=2)
+    templates.fold(template_key("welcome", "en", 2), None)
+    assert templates.find("welcome")["version"] == 1
+    templates.fold(template_key("welcome", "en", 1), None)
+    assert templates.find("welcome") is None
+
+
+def test_deleting_the_last_version_of_a_locale_falls_back(templates: TemplateTable) -> None:
+    upsert(templates, locale="en", version=1)
+    upsert(templates, locale="pt", version=1)
+    templates.fold(template_key("welcome", "pt", 1), None)
+    assert templates.find("welcome", "pt-BR")["locale"] == "en"
+
+
+def test_deleting_what_is_not_there_is_harmless(templates: TemplateTable) -> None:
+    templates.fold(template_key("ghost", "en", 1), None)
+    upsert(templates, version=1)
+    templates.fold(template_key("welcome", "pt", 1), None)
+    templates.fold(template_key("welcome", "en", 4), None)
+    assert templates.find("ghost") is None
+    assert templates.find("welcome")["version"] == 1
+
+
+def test_for_notification_uses_the_recipient_locale_then_preferences(templates: TemplateTable) -> None:
+    upsert(templates, locale="en")
+    upsert(templates, locale="fr")
+    upsert(templates, locale="de")
+    french = records.notification(recipient=records.recipient(locale="fr-CA"), template_version=None)
+    assert templates.for_notification(french, records.preferences(locale="de"))["locale"] == "fr"
+    unknown = records.notification(recipient=records.recipient(locale=None), template_version=None)
+    assert templates.for_notification(unknown, records.preferences(locale="de"))["locale"] == "de"
+    assert templates.for_notification(unknown, None)["locale"] == "en"
+
+
+def test_for_notification_uses_the_requested_version(templates: TemplateTable) -> None:
+    upsert(templates, version=1)
+    upsert(templates, version=2)
+    assert templates.for_notification(records.notification(template_version=1), None)["version"] == 1
+    assert templates.for_notification(records.notification(template_version=None), None)["version"] == 2
+    assert templates.for_notification(records.notification(template_version=3), None) is None
+    assert templates.for_notification(records.notification(template_id="other"), None) is None
+
+
+# --- PreferenceTable -------------------------------------------------------------------------------------
+
+
+def test_preferences_fold_and_get(preferences: PreferenceTable) -> None:
+    alice = records.preferences("alice", email="alice@example.com")
+    preferences.fold(b"alice", alice)
+    assert preferences.get("alice") is alice
+    assert preferences.get("bob") is None
+    assert len(preferences) == 1
+
+
+def test_preferences_latest_record_wins_whole(preferences: PreferenceTable) -> None:
+    preferences.fold(b"alice", records.preferences("alice", email="old@example.com", phone="+15550000001"))
+    latest = records.preferences("alice", email="new@example.com")
+    preferences.fold(b"alice", latest)
+    assert preferences.get("alice") == latest
+    assert preferences.get("alice")["phone"] is None  # not merged with the earlier record
+
+
+def test_preferences_tombstone_forgets_the_user(preferences: PreferenceTable) -> None:
+    preferences.fold(b"alice", records.preferences("alice"))
+    preferences.fold(b"bob", records.preferences("bob"))
+    preferences.fold(b"alice", None)
+    assert preferences.get("alice") is None
+    assert preferences.get("bob") is not None
+    preferences.fold(b"nobody", None)
+    assert len(preferences) == 1
+
+
+def test_apply_decodes_and_skips_undecodable(preferences: PreferenceTable) -> None:
+    record = records.preferences("carol", email="carol@example.com")
+    preferences.apply(b"carol", default_serde().encode("PreferencesUpdated", record))
+    assert preferences.get("carol") == record
+    preferences.apply(b"dave", b"\xc3\x01garbage")
+    assert preferences.get("dave") is None
+    preferences.apply(b"carol", None)
+    assert preferences.get("carol") is None
