@@ -1,6 +1,6 @@
-"""The ClickHouse sink: herald.events → herald.notification_events, in four plain steps.
+"""The ClickHouse sink: herald.events → notification_events and herald.dlq → dead_letters, in four plain steps.
 
-1. process: one LifecycleEvent → one row (`event_to_row`, pure).
+1. process: one record → one row (`event_to_row`, `dead_letter_to_row`, pure).
 2. batch:   collect up to `sink_batch_size` events or `sink_flush_seconds` of them.
 3. write:   one INSERT per batch; on failure pause the partitions and retry with backoff until it
             succeeds, so a ClickHouse outage stalls the sink instead of losing events.
@@ -16,7 +16,8 @@ of uncommitted events is harmless because the table collapses rows by event_id.
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,7 +38,10 @@ COLUMNS = (
     "event_id", "notification_id", "tenant", "stage", "status", "channel", "provider", "template",
     "category", "priority", "attempt", "error_code", "detail", "latency_ms", "event_time", "event_time_ms",
 )
-INSERT = f"INSERT INTO notification_events ({', '.join(COLUMNS)}) VALUES"
+DEAD_LETTER_COLUMNS = (
+    "failed_at", "failed_at_ms", "stage", "reason_code", "detail", "topic", "partition", "offset",
+    "notification_id", "original_key", "original_value",
+)
 GROUP_ID = "herald-clickhouse-sink"
 
 
@@ -63,6 +67,50 @@ def event_to_row(event: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def dead_letter_to_row(record: dict[str, Any]) -> tuple[Any, ...]:
+    failed: datetime = record["failed_at"]
+    return (
+        failed,
+        int(failed.timestamp() * 1000),
+        record["stage"],
+        record["reason_code"],
+        record["detail"],
+        record["topic"],
+        record["partition"],
+        record["offset"],
+        str(record["notification_id"] or ""),
+        record["original_key"] or b"",
+        record["original_value"] or b"",
+    )
+
+
+@dataclass(frozen=True)
+class Projection:
+    """How one topic lands in one ClickHouse table."""
+
+    topic: str
+    schema: str
+    table: str
+    columns: tuple[str, ...]
+    to_row: Callable[[dict[str, Any]], tuple[Any, ...]]
+
+    @property
+    def insert(self) -> str:
+        return f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES"
+
+
+EVENTS_PROJECTION = Projection(EVENTS.name, "LifecycleEvent", "notification_events", COLUMNS, event_to_row)
+DEAD_LETTERS_PROJECTION = Projection(DLQ.name, "DeadLetter", "dead_letters", DEAD_LETTER_COLUMNS, dead_letter_to_row)
+PROJECTIONS = {p.topic: p for p in (EVENTS_PROJECTION, DEAD_LETTERS_PROJECTION)}
+
+
+def undecodable_dead_letter(record: ConsumerRecord, error: str) -> dict[str, Any]:
+    return dead_letter(
+        stage="track", reason_code="undecodable", detail=error, topic=record.topic, partition=record.partition,
+        offset=record.offset, key=record.key, value=record.value, headers=dict(record.headers),
+    )
+
+
 def next_offsets(records: Iterable[ConsumerRecord]) -> dict[TopicPartition, int]:
     """The offsets to commit after these records: last offset + 1 per partition."""
     offsets: dict[TopicPartition, int] = {}
@@ -77,11 +125,15 @@ class ClickHouseWriter:
         self.settings = settings
         self.client: Client | None = None
 
-    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+    def insert(self, batches: dict[Projection, list[tuple[Any, ...]]]) -> None:
+        """One INSERT per table. A retry after a partial failure re-inserts rows that made it; the
+        tables collapse them."""
         if self.client is None:
             self.client = connect(self.settings)
         try:
-            self.client.execute(INSERT, rows)
+            for projection, rows in batches.items():
+                if rows:
+                    self.client.execute(projection.insert, rows)
         except Exception:
             self.client.disconnect()
             self.client = None  # reconnect on the next try
@@ -89,7 +141,7 @@ class ClickHouseWriter:
 
 
 class EventSink(Service):
-    """Consumes herald.events and writes it to ClickHouse; see the module docstring."""
+    """Consumes herald.events and herald.dlq and writes them to ClickHouse; see the module docstring."""
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -102,7 +154,7 @@ class EventSink(Service):
         # Kafka clients are made here, inside the running loop, not at import.
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
-            EVENTS.name,
+            *PROJECTIONS,
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=GROUP_ID,
             enable_auto_commit=False,
@@ -125,9 +177,9 @@ class EventSink(Service):
             records = await self.collect()
             if not records:
                 continue
-            rows, dead = self.process(records)
+            batches, dead = self.process(records)
             await self.dead_letter(dead)
-            await self.write(rows)
+            await self.write(batches)
             await self.commit(records)
 
     async def collect(self) -> list[ConsumerRecord]:
@@ -147,40 +199,44 @@ class EventSink(Service):
                 records.extend(batch)
         return records
 
-    def process(self, records: list[ConsumerRecord]) -> tuple[list[tuple[Any, ...]], list[dict[str, Any]]]:
-        """Rows for ClickHouse, and dead letters for the records that do not decode."""
-        rows, dead = [], []
+    def process(self, records: list[ConsumerRecord]) -> tuple[dict[Projection, list[tuple[Any, ...]]], list[dict[str, Any]]]:
+        """Rows per table, and dead letters for the events that do not decode. An undecodable dead
+        letter cannot go back to herald.dlq (it would loop): its bytes become a dead_letters row."""
+        batches: dict[Projection, list[tuple[Any, ...]]] = {p: [] for p in PROJECTIONS.values()}
+        dead = []
         for record in records:
+            projection = PROJECTIONS[record.topic]
             try:
-                rows.append(event_to_row(self.serde.decode(record.value, "LifecycleEvent")))
+                batches[projection].append(projection.to_row(self.serde.decode(record.value, projection.schema)))
             except SchemaDecodeError as exc:
-                dead.append(dead_letter(
-                    stage="track", reason_code="undecodable", detail=str(exc), topic=record.topic,
-                    partition=record.partition, offset=record.offset, key=record.key, value=record.value,
-                    headers=dict(record.headers),
-                ))
-        return rows, dead
+                letter = undecodable_dead_letter(record, str(exc))
+                if projection is DEAD_LETTERS_PROJECTION:
+                    batches[projection].append(dead_letter_to_row(letter))
+                else:
+                    dead.append(letter)
+        return batches, dead
 
     async def dead_letter(self, dead: list[dict[str, Any]]) -> None:
         for record in dead:
             log.warning("sink: dead-lettering %s@%s: %s", record["topic"], record["offset"], record["detail"])
             await self.producer.send_and_wait(DLQ.name, self.serde.encode("DeadLetter", record), key=record["original_key"])
 
-    async def write(self, rows: list[tuple[Any, ...]]) -> None:
+    async def write(self, batches: dict[Projection, list[tuple[Any, ...]]]) -> None:
         """Insert the batch, retrying until it succeeds; partitions stay paused while it fails."""
         delay = 0.5
+        rows = sum(len(r) for r in batches.values())
         while True:
             try:
-                await asyncio.to_thread(self.writer.insert, rows)
+                await asyncio.to_thread(self.writer.insert, batches)
                 break
             except Exception as exc:  # any ClickHouse or network error: wait, never drop
-                log.warning("sink: insert of %d rows failed (%s); retrying in %.1fs", len(rows), exc, delay)
+                log.warning("sink: insert of %d rows failed (%s); retrying in %.1fs", rows, exc, delay)
                 self.consumer.pause(*self.consumer.assignment())
                 # Polling paused partitions returns nothing but keeps this consumer in its group.
                 await self.consumer.getmany(timeout_ms=int(delay * 1000))
                 delay = min(delay * 2, self.settings.sink_retry_max_seconds)
         self.consumer.resume(*self.consumer.paused())
-        self.rows_written += len(rows)
+        self.rows_written += rows
 
     async def commit(self, records: list[ConsumerRecord]) -> None:
         try:

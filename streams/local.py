@@ -5,6 +5,7 @@ workers and the gateway are Herald's own processes, with pid files in <data_dir>
 <data_dir>/logs.
 """
 
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ from kafka.admin import KafkaAdminClient
 from streams.settings import REPO_ROOT, Settings
 
 SCRIPTS = REPO_ROOT / "deploy" / "local"
+HERALD_PROCESSES = ("mailbox", "workers", "gateway")
 WORKER_GROUPS = ("herald-ingest", "herald-validate", "herald-template", "herald-route", "herald-deliver",
                  "herald-clickhouse-sink")
 
@@ -45,6 +47,7 @@ def gateway_healthy(settings: Settings) -> bool:
 
 def workers_ready(settings: Settings) -> bool:
     """Every stage's consumer group has a member and a settled assignment."""
+    logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot parse Faust's member metadata
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-up")
     try:
         groups = admin.describe_groups(list(WORKER_GROUPS))
@@ -114,6 +117,22 @@ def mailbox_dir(settings: Settings) -> Path:
     return settings.data_dir / "mail"
 
 
+def start_mailbox(settings: Settings) -> None:
+    start_process(settings, "mailbox", herald("mailbox"), lambda: port_open(settings.smtp_host, settings.smtp_port), 30)
+
+
+def start_herald(settings: Settings, say: Callable[[str], None]) -> list[str]:
+    """Start the mailbox, the workers and the gateway unless they run; returns the names started."""
+    started = [name for name in HERALD_PROCESSES if running_pid(settings, name) is None]
+    start_mailbox(settings)
+    say(f"mailbox (SMTP) on {settings.smtp_host}:{settings.smtp_port}, mail in {mailbox_dir(settings)}")
+    start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180)
+    say("workers: ingest, validate, template, route, deliver, track")
+    start_process(settings, "gateway", herald("gateway"), lambda: gateway_healthy(settings), 60)
+    say(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}")
+    return started
+
+
 def up(settings: Settings, say: Callable[[str], None]) -> None:
     from sinks.migrate import migrate_up
     from streams.topics import create_topics
@@ -123,16 +142,11 @@ def up(settings: Settings, say: Callable[[str], None]) -> None:
     create_topics(settings)
     migrate_up(settings)
     say("topics and tables are in place")
-    start_process(settings, "mailbox", herald("mailbox"), lambda: port_open(settings.smtp_host, settings.smtp_port), 30)
-    say(f"mailbox (SMTP) on {settings.smtp_host}:{settings.smtp_port}")
-    start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180)
-    say("workers: ingest, validate, template, route, deliver, track")
-    start_process(settings, "gateway", herald("gateway"), lambda: gateway_healthy(settings), 60)
-    say(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}")
+    start_herald(settings, say)
 
 
 def down(settings: Settings, say: Callable[[str], None]) -> None:
-    for name in ("gateway", "workers", "mailbox"):
+    for name in reversed(HERALD_PROCESSES):
         if stop_process(settings, name):
             say(f"{name} stopped")
     infrastructure("stop")

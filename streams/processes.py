@@ -1,4 +1,4 @@
-"""Run several stage workers as child processes and stop them together (`herald worker --stage all`)."""
+"""`herald worker --stage all`: one child process per stage, restarted when it dies, stopped together."""
 
 import signal
 import subprocess
@@ -6,13 +6,19 @@ import sys
 import time
 from types import FrameType
 
+RESTART_DELAY_S = 1.0
+
 
 def stage_command(stage: str, loglevel: str) -> list[str]:
     return [sys.executable, "-m", "streams.cli", "worker", "--stage", stage, "--loglevel", loglevel]
 
 
 def run_stage_processes(stages: list[str], loglevel: str) -> int:
-    """Start one worker process per stage; when one exits or we are signalled, stop the rest."""
+    """Supervise one worker process per stage until SIGTERM/SIGINT.
+
+    A stage that dies (a crash, the OOM killer, `kill -9`) is started again, as Kubernetes would
+    restart its pod: its Kafka offsets and changelogs let it resume where it stopped.
+    """
     children = {stage: subprocess.Popen(stage_command(stage, loglevel)) for stage in stages}
     stopping = False
 
@@ -22,14 +28,14 @@ def run_stage_processes(stages: list[str], loglevel: str) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    exit_code = 0
     while not stopping:
-        exited = {stage: child.poll() for stage, child in children.items() if child.poll() is not None}
-        if exited:
-            stage, exit_code = next(iter(exited.items()))
-            print(f"herald: the {stage} worker exited with {exit_code}; stopping the others", file=sys.stderr)
-            break
-        time.sleep(0.5)
+        for stage, child in children.items():
+            code = child.poll()
+            if code is not None and not stopping:
+                print(f"herald: the {stage} worker exited with {code}; starting it again", file=sys.stderr, flush=True)
+                time.sleep(RESTART_DELAY_S)
+                children[stage] = subprocess.Popen(stage_command(stage, loglevel))
+        time.sleep(0.2)
     for child in children.values():
         if child.poll() is None:
             child.terminate()
@@ -38,4 +44,4 @@ def run_stage_processes(stages: list[str], loglevel: str) -> int:
             child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
-    return exit_code
+    return 0

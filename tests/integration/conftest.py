@@ -64,3 +64,19 @@ def producer(kafka: str) -> Iterator[KafkaProducer]:
     producer = KafkaProducer(bootstrap_servers=kafka, acks="all", linger_ms=10, batch_size=256 * 1024)
     yield producer
     producer.close()
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings: Settings, kafka: str, clickhouse: Client) -> Iterator[Settings]:
+    """The mailbox, the stage workers and the gateway, as `herald up` runs them. Reused when they run
+    already (a developer's `herald up`); stopped at the end when this session started them."""
+    from sinks.migrate import migrate_up
+    from streams.local import start_herald, stop_process
+    from streams.topics import create_topics
+
+    create_topics(settings)
+    migrate_up(settings)
+    started = start_herald(settings, lambda line: None)
+    yield settings
+    for name in reversed(started):
+        stop_process(settings, name)

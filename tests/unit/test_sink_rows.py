@@ -10,7 +10,7 @@ from aiokafka import ConsumerRecord, TopicPartition
 
 from agents.stage import lifecycle_event
 from schemas.serde import SCHEMA_DIR, default_serde
-from sinks.event_sink import COLUMNS, INSERT, event_to_row, next_offsets
+from sinks.event_sink import COLUMNS, EVENTS_PROJECTION, event_to_row, next_offsets
 from tests.unit import records
 
 AT = datetime(2024, 5, 6, 7, 8, 9, 456000, tzinfo=UTC)
@@ -43,7 +43,7 @@ def test_columns_match_the_migration() -> None:
     body = table[table.index("(") + 1:table.index("ENGINE")]
     declared = tuple(re.findall(r"^\s*(\w+)\s+\w", body, flags=re.MULTILINE))
     assert declared == COLUMNS
-    assert INSERT == f"INSERT INTO notification_events ({', '.join(COLUMNS)}) VALUES"
+    assert EVENTS_PROJECTION.insert == f"INSERT INTO notification_events ({', '.join(COLUMNS)}) VALUES"
 
 
 def test_missing_strings_become_empty() -> None:
