@@ -25,12 +25,17 @@ setup: infra
 	$(BIN)/herald topics create
 	$(BIN)/herald migrate
 
-run: setup
-	@echo
-	@echo "Herald's infrastructure is up:"
-	@echo "  Kafka       127.0.0.1:9092  (data and logs in $(HERALD_DATA_DIR)/kafka)"
-	@echo "  ClickHouse  native 127.0.0.1:9000, HTTP http://127.0.0.1:8123, database herald"
-	@echo "  Stop it all with: make down"
+# Everything up, demo templates and preferences, a demo batch through the gateway, then the report.
+run: venv
+	$(BIN)/herald up
+	$(BIN)/herald templates put deploy/local/demo/templates.json
+	$(BIN)/herald prefs set carol --email carol@example.com
+	$(BIN)/herald prefs set dave --email dave@example.com --opt-out '*:email'
+	$(BIN)/herald demo deploy/local/demo/batch.json
+
+bench: venv
+	$(BIN)/herald up
+	$(BIN)/herald bench --notifications $(or $(N),20000) --json
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
@@ -42,8 +47,7 @@ test: setup
 	$(BIN)/pytest tests -q
 
 down:
-	-deploy/local/clickhouse.sh stop
-	-deploy/local/kafka.sh stop
+	-$(BIN)/herald down
 
 clean: down
 	rm -rf $(HERALD_DATA_DIR) $(VENV)

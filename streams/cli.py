@@ -214,6 +214,32 @@ def report(
 
 
 @app.command()
+def demo(batch: Annotated[Path, typer.Argument(exists=True, help="JSON NotificationBatch to send.")]) -> None:
+    """Send a batch through the gateway, wait for it to play out, and show where everything is."""
+    import time
+
+    import httpx
+
+    from streams.local import mailbox_dir
+
+    settings = get_settings()
+    gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    time.sleep(2)  # the stages fold the templates and preferences just published
+    response = httpx.post(f"{gateway_url}/v1/notifications/batch", content=batch.read_bytes(),
+                          headers={"X-API-Key": settings.api_key, "Content-Type": "application/json"}, timeout=10)
+    response.raise_for_status()
+    ids = response.json()["notification_ids"]
+    console.print(f"[green]✓[/] batch accepted: {len(ids)} notifications")
+    with console.status("waiting for the pipeline…"):
+        time.sleep(8)
+    mail = mailbox_dir(settings) / "messages"
+    console.print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
+    console.print(f"mail        {mail}  ({len(list(mail.glob('*.eml')))} messages)")
+    console.print(f"timeline    herald status {ids[0]}")
+    report(minutes=60)
+
+
+@app.command()
 def bench(
     notifications: Annotated[int, typer.Option(help="How many notifications.")] = 10_000,
     rate: Annotated[Optional[float], typer.Option(help="Requests per second; default: as fast as possible.")] = None,
