@@ -28,7 +28,8 @@ from schemas.serde import default_serde
 from streams.app import topic
 from streams.dead_letters import dead_letter
 from streams.settings import Settings, get_settings
-from streams.topics import DELIVER, RETRY, RETRY_DELAYS_S, deliver_topic, retry_topic
+from streams.tables import StateTable
+from streams.topics import DELIVER, DELIVERED, RETRY, RETRY_DELAYS_S, deliver_topic
 
 
 def retry_delay_s(attempt: int) -> int:
@@ -53,7 +54,7 @@ class Deliverer:
         self.settings = settings
         self.adapters = adapters
         self.retry = {delay: topic(stage.app, spec) for delay, spec in zip(RETRY_DELAYS_S, RETRY)}
-        self.delivered = stage.app.Table("delivered", partitions=settings.topic_partitions)
+        self.delivered = stage.needs(StateTable(settings, DELIVERED, lambda: stage.app.producer))
         # (notification, channel) → done, for tasks being sent right now: a replayed copy that
         # arrives while the first is still in flight waits for it instead of racing the table check.
         self.in_flight: dict[str, asyncio.Future[None]] = {}
@@ -75,7 +76,7 @@ class Deliverer:
         adapter = self.adapters[task["channel"]]
         outcome = await adapter.send(task)
         if outcome.result is Result.SENT:
-            self.delivered[key] = [time.time()]
+            await self.delivered.put(key, [time.time()])
             await self.emit(task, "sent", adapter)
         elif outcome.result is Result.TRANSIENT and task["attempt"] + 1 < self.settings.delivery_max_attempts:
             await self.schedule_retry(task, outcome, adapter)
@@ -125,8 +126,6 @@ async def run_concurrently(stream: faust.StreamT, handle: Handler, concurrency: 
 
     async for event in stream.noack().events():
         await window.acquire()
-        # The task inherits this context, so Faust's current event (the table's changelog
-        # partition) is this event inside it.
         task = asyncio.create_task(run(event))
         in_flight.add(task)
         task.add_done_callback(in_flight.discard)
@@ -142,6 +141,7 @@ deliver_topics = {spec.name: topic(app, spec) for spec in DELIVER}
 
 def deliver_agent(source: faust.TopicT) -> None:
     async def deliver_tasks(stream: faust.StreamT) -> None:
+        await deliverer.delivered.wait_ready()
         await run_concurrently(stream, deliverer.deliver, settings.deliver_concurrency, stage)
 
     app.agent(source, name=f"deliver-{source.get_topic_name()}")(deliver_tasks)
@@ -170,7 +170,4 @@ for spec in RETRY:
 
 @app.timer(interval=300.0)
 async def purge_delivered() -> None:
-    horizon = time.time() - settings.delivered_ttl_s
-    for key, (sent_at,) in list(deliverer.delivered.items()):
-        if sent_at < horizon:
-            del deliverer.delivered[key]
+    await deliverer.delivered.purge(time.time() - settings.delivered_ttl_s, lambda sent: sent[0])

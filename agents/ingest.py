@@ -17,7 +17,8 @@ from streams.app import topic
 from streams.codec import Envelope
 from streams.ids import idempotency_scope, log_position, member_key, member_position, notification_id
 from streams.settings import get_settings
-from streams.topics import ACCEPTED, REQUESTS
+from streams.tables import StateTable
+from streams.topics import ACCEPTED, IDEMPOTENCY_KEYS, REQUESTS
 
 COMMON_FIELDS = ("tenant", "template_id", "template_version", "channels", "category", "priority",
                  "send_at", "fallback_channel", "requested_at", "metadata")
@@ -63,17 +64,17 @@ stage = Stage("ingest")
 app = stage.app
 requests = topic(app, REQUESTS)
 accepted = topic(app, ACCEPTED)
-# tenant/idempotency key → [log position, epoch seconds] of its first request; co-partitioned with
-# herald.requests, whose producers key by idempotency key. Purged after the TTL so memory stays bounded.
-seen_keys = app.Table("idempotency-keys", partitions=get_settings().topic_partitions)
+# tenant/idempotency key → [log position, epoch seconds] of its first request. Purged after the TTL
+# so memory stays bounded.
+seen_keys = stage.needs(StateTable(get_settings(), IDEMPOTENCY_KEYS, lambda: app.producer))
 
 
-def is_repeat(table_key: str, position: str) -> bool:
+async def is_repeat(scope: str, position: str) -> bool:
     """A repeat is the same key from another request. The same request read again after a crash
     is not a repeat: it must flow on (later stages drop what they already did by notification id)."""
-    seen = seen_keys.get(table_key)
+    seen = seen_keys.get(scope)
     if seen is None:
-        seen_keys[table_key] = [position, time.time()]
+        await seen_keys.put(scope, [position, time.time()])
         return False
     return seen[0] != position
 
@@ -83,7 +84,7 @@ async def accept(request: Envelope, event: faust.EventT) -> None:
     position = log_position(message.topic, message.partition, message.offset)
     for record in expand(request, position, now_utc()):
         key = record["idempotency_key"]
-        if key and is_repeat(idempotency_scope(record["tenant"], key), position):
+        if key and await is_repeat(idempotency_scope(record["tenant"], key), position):
             continue
         await accepted.send(key=record["notification_id"].bytes, value=record)
         await stage.emit(lifecycle_event(record, "accepted", stage.name))
@@ -91,12 +92,10 @@ async def accept(request: Envelope, event: faust.EventT) -> None:
 
 @app.agent(requests)
 async def ingest(stream: faust.StreamT) -> None:
+    await seen_keys.wait_ready()
     await stage.run(stream, accept)
 
 
 @app.timer(interval=60.0)
 async def purge_idempotency_keys() -> None:
-    horizon = time.time() - get_settings().idempotency_ttl_s
-    for key, (_, seen_at) in list(seen_keys.items()):
-        if seen_at < horizon:
-            del seen_keys[key]
+    await seen_keys.purge(time.time() - get_settings().idempotency_ttl_s, lambda seen: seen[1])

@@ -43,6 +43,10 @@ TEMPLATES = TopicSpec("herald.templates", ("TemplateUpserted",),
                       "`herald templates put` produces; the template table folds it", compacted=True)
 PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),
                         "`herald prefs set` produces; the preference table folds it", compacted=True)
+IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
+                            "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
+DELIVERED = TopicSpec("herald.state.delivered", (),
+                      "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
 DELIVER = tuple(
     TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes")
     for channel in CHANNELS
@@ -55,6 +59,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    IDEMPOTENCY_KEYS, DELIVERED,
 )
 
 

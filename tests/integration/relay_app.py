@@ -15,8 +15,8 @@ TARGET = os.environ["RELAY_TARGET"]
 
 app = create_app(get_settings(), os.environ["RELAY_APP_ID"])
 values = codec_name(("LifecycleEvent",))
-source = app.topic(SOURCE, key_type=bytes, value_serializer=values)
-target = app.topic(TARGET, key_type=bytes, value_serializer=values)
+source = app.topic(SOURCE, key_type=bytes, key_serializer="raw", value_serializer=values)
+target = app.topic(TARGET, key_type=bytes, key_serializer="raw", value_serializer=values)
 
 
 @app.agent(source)

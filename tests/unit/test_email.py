@@ -25,6 +25,11 @@ SETTINGS = Settings(email_from="Herald <noreply@herald.test>", email_domain="mai
 # --- build_message ---------------------------------------------------------------------------------------
 
 
+def received(task: dict[str, Any]) -> EmailMessage:
+    """The message as the SMTP server will parse it."""
+    return email.message_from_bytes(build_message(task, SETTINGS).as_bytes(), policy=default_policy)  # type: ignore[return-value]
+
+
 def test_message_headers() -> None:
     message = build_message(records.delivery_task(), SETTINGS)
     assert message["From"] == "Herald <noreply@herald.test>"
@@ -44,7 +49,7 @@ def test_message_id_is_the_idempotency_key() -> None:
 
 
 def test_message_has_text_and_html_alternatives() -> None:
-    message = build_message(records.delivery_task(), SETTINGS)
+    message = received(records.delivery_task())
     assert message.get_content_type() == "multipart/alternative"
     parts = list(message.iter_parts())
     assert [p.get_content_type() for p in parts] == ["text/plain", "text/html"]
@@ -53,21 +58,21 @@ def test_message_has_text_and_html_alternatives() -> None:
 
 
 def test_message_without_html_is_plain_text() -> None:
-    message = build_message(records.delivery_task(content=records.content(html=None)), SETTINGS)
+    message = received(records.delivery_task(content=records.content(html=None)))
     assert message.get_content_type() == "text/plain"
     assert message.get_content().strip() == "Hi Alice"
 
 
 def test_message_with_missing_subject_and_text() -> None:
     task = records.delivery_task(content=records.content(subject=None, text=None, html=None))
-    message = build_message(task, SETTINGS)
+    message = received(task)
     assert message["Subject"] == ""
     assert message.get_content().strip() == ""
 
 
 def test_message_keeps_unicode() -> None:
     task = records.delivery_task(content=records.content(subject="Olá ✓", text="Obrigado, João ✓", html=None))
-    parsed = email.message_from_bytes(bytes(build_message(task, SETTINGS)), policy=default_policy)
+    parsed = received(task)
     assert parsed["Subject"] == "Olá ✓"
     assert parsed.get_content().strip() == "Obrigado, João ✓"
 
