@@ -29,7 +29,7 @@ from streams.app import topic
 from streams.dead_letters import dead_letter
 from streams.settings import Settings, get_settings
 from streams.tables import StateTable
-from streams.topics import DELIVER, DELIVERED, RETRY, RETRY_DELAYS_S, deliver_topic
+from streams.topics import DELIVER_BY_NAME, DELIVERED, DLQ, RETRY, RETRY_DELAYS_S, deliver_topic
 
 
 def retry_delay_s(attempt: int) -> int:
@@ -53,7 +53,7 @@ class Deliverer:
         self.stage = stage
         self.settings = settings
         self.adapters = adapters
-        self.retry = {delay: topic(stage.app, spec) for delay, spec in zip(RETRY_DELAYS_S, RETRY)}
+        self.retry = dict(zip(RETRY_DELAYS_S, RETRY))
         self.delivered = stage.needs(StateTable(settings, DELIVERED, lambda: stage.app.producer))
         # (notification, channel) → done, for tasks being sent right now: a replayed copy that
         # arrives while the first is still in flight waits for it instead of racing the table check.
@@ -96,7 +96,7 @@ class Deliverer:
         await self.emit(task, "retried", adapter, outcome)
         retry = dict(task, attempt=task["attempt"] + 1,
                      due_at=now_utc() + timedelta(seconds=due_in_s(delay, outcome)))
-        await self.retry[delay].send(key=task["recipient"]["user_id"].encode(), value=retry)
+        await self.stage.send(self.retry[delay], task["recipient"]["user_id"].encode(), retry)
 
     async def give_up(self, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
         await self.emit(task, "failed", adapter, outcome)
@@ -109,7 +109,7 @@ class Deliverer:
             topic=deliver_topic(task["channel"]), value=default_serde().encode("DeliveryTask", task),
             notification_id=task["notification_id"],
         )
-        await self.stage.dlq.send(key=task["recipient"]["user_id"].encode(), value=record)
+        await self.stage.send(DLQ, task["recipient"]["user_id"].encode(), record)
 
 
 async def run_concurrently(stream: faust.StreamT, handle: Handler, concurrency: int, stage: Stage) -> None:
@@ -136,7 +136,6 @@ stage = Stage("deliver")
 app = stage.app
 adapters: dict[str, ChannelAdapter] = {"email": stage.needs(EmailAdapter(settings))}
 deliverer = Deliverer(stage, settings, adapters)
-deliver_topics = {spec.name: topic(app, spec) for spec in DELIVER}
 
 
 def deliver_agent(source: faust.TopicT) -> None:
@@ -151,7 +150,7 @@ async def send_back_when_due(task: dict[str, Any], event: faust.EventT) -> None:
     wait = (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0
     if wait > 0:
         await asyncio.sleep(wait)  # the topic is in due order: one delay per topic
-    await deliver_topics[deliver_topic(task["channel"], task["priority"] == "high")].send(key=event.key, value=task)
+    await stage.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], event.key, task)
 
 
 def retry_agent(source: faust.TopicT) -> None:
@@ -161,9 +160,9 @@ def retry_agent(source: faust.TopicT) -> None:
     app.agent(source, name=f"retry-{source.get_topic_name()}")(retry_when_due)
 
 
-for name, deliver_source in deliver_topics.items():
+for name, spec in DELIVER_BY_NAME.items():
     if name.split(".")[2] in adapters:
-        deliver_agent(deliver_source)
+        deliver_agent(topic(app, spec))
 for spec in RETRY:
     retry_agent(topic(app, spec))
 

@@ -63,7 +63,6 @@ def expand(envelope: Envelope, position: str, now: datetime) -> list[dict[str, A
 stage = Stage("ingest")
 app = stage.app
 requests = topic(app, REQUESTS)
-accepted = topic(app, ACCEPTED)
 # tenant/idempotency key → [log position, epoch seconds] of its first request. Purged after the TTL
 # so memory stays bounded.
 seen_keys = stage.needs(StateTable(get_settings(), IDEMPOTENCY_KEYS, lambda: app.producer))
@@ -86,7 +85,7 @@ async def accept(request: Envelope, event: faust.EventT) -> None:
         key = record["idempotency_key"]
         if key and await is_repeat(idempotency_scope(record["tenant"], key), position):
             continue
-        await accepted.send(key=record["notification_id"].bytes, value=record)
+        await stage.send(ACCEPTED, record["notification_id"].bytes, record)
         await stage.emit(lifecycle_event(record, "accepted", stage.name))
 
 

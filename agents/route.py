@@ -13,7 +13,7 @@ from agents.stage import Stage, lifecycle_event
 from streams.app import topic
 from streams.settings import get_settings
 from streams.tables import PreferenceTable
-from streams.topics import DELIVER, RENDERED, deliver_topic
+from streams.topics import DELIVER_BY_NAME, RENDERED, deliver_topic
 
 
 class Suppression(NamedTuple):
@@ -74,7 +74,6 @@ def route(notification: dict[str, Any], preferences: dict[str, Any] | None) -> t
 stage = Stage("route")
 app = stage.app
 rendered = topic(app, RENDERED)
-deliver = {spec.name: topic(app, spec) for spec in DELIVER}
 preferences = stage.needs(PreferenceTable(get_settings()))
 
 
@@ -86,7 +85,7 @@ async def route_one(notification: dict[str, Any], event: faust.EventT) -> None:
     key = notification["recipient"]["user_id"].encode()
     for task in tasks:
         high = notification["priority"] == "high"
-        await deliver[deliver_topic(task["channel"], high)].send(key=key, value=task)
+        await stage.send(DELIVER_BY_NAME[deliver_topic(task["channel"], high)], key, task)
         await stage.emit(lifecycle_event(notification, "routed", stage.name, channel=task["channel"]))
 
 

@@ -61,7 +61,6 @@ def render(template: dict[str, Any], channels: list[str], variables: dict[str, s
 stage = Stage("template")
 app = stage.app
 validated = topic(app, VALIDATED)
-rendered = topic(app, RENDERED)
 templates = stage.needs(TemplateTable(get_settings()))
 preferences = stage.needs(PreferenceTable(get_settings()))
 
@@ -77,7 +76,7 @@ async def render_one(notification: dict[str, Any], event: faust.EventT) -> None:
         await stage.reject(notification, "template_error", str(exc))
         return
     notification["template_version"] = found["version"]
-    await rendered.send(key=event.key, value=notification)
+    await stage.send(RENDERED, event.key, notification)
     await stage.emit(lifecycle_event(notification, "rendered", stage.name))
 
 

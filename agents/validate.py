@@ -76,7 +76,6 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
 stage = Stage("validate")
 app = stage.app
 accepted = topic(app, ACCEPTED)
-validated = topic(app, VALIDATED)
 templates = stage.needs(TemplateTable(get_settings()))
 preferences = stage.needs(PreferenceTable(get_settings()))
 
@@ -89,7 +88,7 @@ async def validate_one(notification: dict[str, Any], event: faust.EventT) -> Non
         await stage.reject(notification, *result)
         return
     notification["channels"] = result
-    await validated.send(key=event.key, value=notification)
+    await stage.send(VALIDATED, event.key, notification)
 
 
 @app.agent(accepted)

@@ -52,6 +52,7 @@ DELIVER = tuple(
     for channel in CHANNELS
     for high in (False, True)
 )
+DELIVER_BY_NAME = {spec.name: spec for spec in DELIVER}
 RETRY = tuple(
     TopicSpec(retry_topic(delay), ("DeliveryTask",), "deliver produces failed attempts; deliver consumes when due")
     for delay in RETRY_DELAYS_S
