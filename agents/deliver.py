@@ -24,7 +24,6 @@ import faust
 from agents.channels.base import ChannelAdapter, Outcome, Result
 from agents.channels.email import EmailAdapter
 from agents.stage import Handler, Stage, lifecycle_event, now_utc
-from schemas.serde import default_serde
 from streams.app import topic
 from streams.dead_letters import dead_letter
 from streams.settings import Settings, get_settings
@@ -106,7 +105,7 @@ class Deliverer:
         record = dead_letter(
             stage=self.stage.name, reason_code="retries_exhausted",
             detail=f"{task['attempt'] + 1} attempts; last: {outcome.code} {outcome.detail}",
-            topic=deliver_topic(task["channel"]), value=default_serde().encode("DeliveryTask", task),
+            topic=deliver_topic(task["channel"]), value=self.stage.serde.encode("DeliveryTask", task),
             notification_id=task["notification_id"],
         )
         await self.stage.send(DLQ, task["recipient"]["user_id"].encode(), record)
