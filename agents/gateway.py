@@ -69,6 +69,8 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
 
 class Gateway:
     def __init__(self, settings: Settings, serde: AvroSerde | None = None) -> None:
+        if not settings.api_key:
+            raise ValueError("HERALD_API_KEY is empty: the gateway will not run without an API key")
         self.settings = settings
         self.serde = serde or default_serde()
         self.clickhouse = connect(settings)
@@ -97,8 +99,8 @@ class Gateway:
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
-        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if self.settings.api_key not in (request.headers.get("X-API-Key"), bearer):
+        presented = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if presented != self.settings.api_key:
             return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
         return await handler(request)
 

@@ -207,3 +207,13 @@ async def test_status_of_a_non_uuid_is_422(client: TestClient) -> None:
     response = await client.get("/v1/notifications/not-a-uuid", headers={"X-API-Key": "secret"})
     assert response.status == 422
     assert (await response.json())["error"] == "invalid_id"
+
+
+def test_gateway_refuses_to_run_without_an_api_key() -> None:
+    with pytest.raises(ValueError, match="HERALD_API_KEY"):
+        Gateway(Settings(api_key=""))
+
+
+async def test_an_empty_authorization_header_is_not_the_key(client: TestClient) -> None:
+    response = await client.post("/v1/notifications", data=body(REQUEST), headers={"Authorization": ""})
+    assert response.status == 401
