@@ -3,6 +3,7 @@ route → deliver (email) → track."""
 
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -10,11 +11,12 @@ from pathlib import Path
 import httpx
 import pytest
 from clickhouse_driver import Client
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from schemas.serde import AvroSerde
 from streams.local import start_mailbox, stop_process
+from streams.processes import stage_command
 from streams.settings import Settings
 from streams.topics import DLQ, REJECTED, REQUESTS
 from tests.integration.pipeline_helpers import (
@@ -176,6 +178,47 @@ def test_workers_killed_mid_run_lose_nothing_and_send_nothing_twice(
     assert mail.stored(pipeline.email_domain) == 5000
     resent = sum(count - 1 for count in received.values())
     assert resent <= pipeline.deliver_concurrency, f"{resent} resubmissions for {pipeline.deliver_concurrency} in flight"
+
+
+def group_sizes(kafka: str, groups: list[str]) -> dict[str, int]:
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        return {group: len(found["members"]) for group, found in admin.describe_groups(groups).items()}
+    finally:
+        admin.close()
+
+
+def test_stages_scaled_out_and_back_in_mid_run_lose_nothing(
+    pipeline: Settings, producer: KafkaProducer, kafka: str
+) -> None:
+    """A second worker joins four stages' consumer groups during a run and leaves again: two
+    rebalances per group while notifications flow."""
+    tenant = new_tenant()
+    ids = produce(producer, welcome_requests(tenant, 3000, "scale"))
+    mail = Mail(pipeline, ids)
+    while len(mail.submissions()) < 300:
+        time.sleep(0.2)
+    stages = ["validate", "template", "route", "deliver"]
+    extra = [subprocess.Popen(stage_command(stage, "warn"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for stage in stages]
+    try:
+        groups = [f"herald-{stage}" for stage in stages]
+        deadline = time.monotonic() + 120
+        while min(group_sizes(kafka, groups).values()) < 2 and time.monotonic() < deadline:
+            time.sleep(1)
+        assert min(group_sizes(kafka, groups).values()) == 2, "the extra workers never joined"
+        time.sleep(5)
+    finally:
+        for process in extra:
+            process.terminate()
+        for process in extra:
+            process.wait(timeout=60)
+
+    received = mail.wait_for_all(timeout=300)
+    assert len(received) == 3000, f"{3000 - len(received)} of 3000 lost across the rebalances"
+    assert mail.stored(pipeline.email_domain) == 3000
+    resent = sum(count - 1 for count in received.values())
+    assert resent <= pipeline.deliver_concurrency, f"{resent} resubmissions"
 
 
 def test_smtp_server_down_for_20_seconds_everything_arrives_after(
