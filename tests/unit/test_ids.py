@@ -2,7 +2,6 @@
 
 import uuid
 
-import pytest
 
 from streams.ids import NOTIFICATION_NS, log_position, member_key, member_position, notification_id
 
