@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import TopicAlreadyExistsError
 
 from schemas.serde import default_serde
 from sinks.clickhouse_client import connect
@@ -28,10 +26,11 @@ from streams.mailbox import RECEIPTS, Receipt
 from streams.producer import publish
 from streams.settings import Settings
 from streams.tables import template_key
-from streams.topics import REQUESTS, TEMPLATES
+from streams.topics import REQUESTS, TEMPLATES, TopicSpec, create_topics
 
 TEMPLATE_ID = "herald-bench"
-RAW_IN, RAW_OUT = "herald.bench.raw-in", "herald.bench.raw-out"
+RAW_IN = TopicSpec("herald.bench.raw-in", ("NotificationRequest",), "herald bench's raw hop reads it")
+RAW_OUT = TopicSpec("herald.bench.raw-out", ("NotificationRequest",), "herald bench's raw hop writes it")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -122,32 +121,20 @@ def put_template(channels: list[str]) -> None:
     publish(TEMPLATES, [(template_key(TEMPLATE_ID, "en", 1), template)])
 
 
-def ensure_topics(settings: Settings, names: list[str]) -> None:
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    try:
-        missing = [NewTopic(n, 1, 1) for n in names if n not in set(admin.list_topics())]
-        if missing:
-            admin.create_topics(missing)
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        admin.close()
-
-
 async def raw_hop(settings: Settings, count: int) -> float:
     """Messages per second through consume → decode → encode → produce, with nothing else."""
     serde = default_serde()
-    ensure_topics(settings, [RAW_IN, RAW_OUT])
+    create_topics(settings, (RAW_IN, RAW_OUT))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
                                 max_batch_size=256 * 1024)
     await producer.start()
     run = uuid.uuid4()
-    sample = bench_request(run, 0, settings)
+    sample = bench_request(run, 0)
     payload = serde.encode("NotificationRequest", sample)
     for _ in range(count):
-        await producer.send(RAW_IN, payload)
+        await producer.send(RAW_IN.name, payload)
     await producer.flush()
-    consumer = AIOKafkaConsumer(RAW_IN, bootstrap_servers=settings.kafka_bootstrap, group_id=f"herald-bench-{run}",
+    consumer = AIOKafkaConsumer(RAW_IN.name, bootstrap_servers=settings.kafka_bootstrap, group_id=f"herald-bench-{run}",
                                 auto_offset_reset="latest", enable_auto_commit=False, max_poll_records=5000)
     await consumer.start()
     # Start from the batch we just wrote: count records back from the end.
@@ -164,7 +151,7 @@ async def raw_hop(settings: Settings, count: int) -> float:
         for messages in batches.values():
             for message in messages:
                 record = serde.decode(message.value, "NotificationRequest")
-                await producer.send(RAW_OUT, serde.encode("NotificationRequest", record))
+                await producer.send(RAW_OUT.name, serde.encode("NotificationRequest", record))
                 done += 1
     await producer.flush()
     elapsed = time.perf_counter() - started
@@ -173,7 +160,7 @@ async def raw_hop(settings: Settings, count: int) -> float:
     return count / elapsed
 
 
-def bench_request(run: uuid.UUID, i: int, settings: Settings, channels: list[str] | None = None) -> dict[str, Any]:
+def bench_request(run: uuid.UUID, i: int, channels: list[str] | None = None) -> dict[str, Any]:
     return {
         "tenant": f"bench-{run.hex[:8]}", "idempotency_key": f"bench-{run}-{i}", "template_id": TEMPLATE_ID,
         "template_version": None,
@@ -200,7 +187,7 @@ async def produce_requests(settings: Settings, run: uuid.UUID, n: int, rate: flo
             ahead = i / rate - (time.perf_counter() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
-        request = bench_request(run, i, settings, channels)
+        request = bench_request(run, i, channels)
         nid = str(notification_id(request["tenant"], request["idempotency_key"], ""))
         requested[nid] = request["requested_at"].timestamp() * 1000
         await producer.send(REQUESTS.name, serde.encode("NotificationRequest", request),

@@ -33,8 +33,6 @@ class AvroCodec(codecs.Codec):
     def _dumps(self, obj: Any) -> bytes:
         if isinstance(obj, Envelope):
             return self.serde.encode(obj.schema, obj.record)
-        if hasattr(obj, "to_avro"):  # a pydantic model of schemas.models
-            return self.serde.encode(obj.AVRO_NAME, obj.to_avro())
         return self.serde.encode(self.schemas[0], obj)
 
     def _loads(self, s: bytes) -> Any:

@@ -70,15 +70,15 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     return {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms)}
 
 
-def create_topics(settings: Settings) -> list[str]:
-    """Create every topic of the catalog that does not exist yet; returns the names created."""
+def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
+    """Create every topic of `specs` (the catalog) that does not exist yet; returns the names created."""
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
     try:
         existing = set(admin.list_topics())
         missing = [
             NewTopic(spec.name, settings.topic_partitions, settings.topic_replication,
                      topic_configs=topic_config(spec, settings))
-            for spec in CATALOG
+            for spec in specs
             if spec.name not in existing
         ]
         if missing:
