@@ -71,7 +71,7 @@ def pipeline(settings: Settings, kafka: str, clickhouse: Client) -> Iterator[Set
     """The mailbox, the stage workers and the gateway, as `herald up` runs them. Reused when they run
     already (a developer's `herald up`); stopped at the end when this session started them."""
     from sinks.migrate import migrate_up
-    from streams.local import start_herald, stop_process
+    from tooling.local import start_herald, stop_process
     from streams.topics import create_topics
 
     create_topics(settings)

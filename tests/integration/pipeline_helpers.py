@@ -17,9 +17,9 @@ from kafka import KafkaProducer
 
 from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.ids import notification_id
-from streams.local import mailbox_dir
-from streams.mailbox import read_receipts
-from streams.producer import publish
+from tooling.local import mailbox_dir
+from tooling.mailbox import read_receipts
+from tooling.producer import publish
 from streams.settings import REPO_ROOT, Settings
 from streams.tables import template_key
 from streams.topics import PREFERENCES, REQUESTS, TEMPLATES

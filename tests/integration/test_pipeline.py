@@ -15,8 +15,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from schemas.serde import AvroSerde
-from streams.local import start_mailbox, stop_process
-from streams.processes import stage_command
+from tooling.local import start_mailbox, stop_process
+from tooling.processes import stage_command
 from streams.settings import Settings
 from streams.topics import DLQ, REJECTED, REQUESTS
 from tests.integration.pipeline_helpers import (
@@ -150,7 +150,7 @@ def stage_pids(stages: tuple[str, ...]) -> list[int]:
                 cmdline = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if b"streams.cli" in cmdline and b"--stage" in cmdline and cmdline[cmdline.index(b"--stage") + 1].decode() in stages:
+            if b"tooling.cli" in cmdline and b"--stage" in cmdline and cmdline[cmdline.index(b"--stage") + 1].decode() in stages:
                 pids.append(int(entry.name))
     return pids
 

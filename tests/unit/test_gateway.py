@@ -1,4 +1,4 @@
-"""agents/gateway.py: request parsing, the ids the gateway answers with, and Kafka keys.
+"""gateway/server.py: request parsing, the ids the gateway answers with, and Kafka keys.
 
 The ids are the contract between the gateway and ingest: the gateway answers 202 with the ids
 before ingest has read the request, so `ids_of` must equal what `expand` stamps for the same
@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.gateway import Gateway, ids_of, kafka_key, parse
+from gateway.server import Gateway, ids_of, kafka_key, parse
 from agents.ingest import expand
 from schemas.models import NotificationBatch, NotificationRequest
 from schemas.serde import default_serde

@@ -27,7 +27,7 @@ import yaml
 
 from sinks.event_sink import GROUP_ID as SINK_GROUP_ID
 from sinks.event_sink import PROJECTIONS, EventSink
-from streams.local import WORKER_GROUPS
+from tooling.local import WORKER_GROUPS
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import CATALOG, RETRY, topic_config
 from streams.worker import STAGES

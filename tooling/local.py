@@ -27,7 +27,7 @@ WORKER_GROUPS = ("herald-ingest", "herald-validate", "herald-template", "herald-
 
 
 def herald(*args: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", *args]
+    return [sys.executable, "-m", "tooling.cli", *args]
 
 
 def port_open(host: str, port: int) -> bool:

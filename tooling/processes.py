@@ -10,7 +10,7 @@ RESTART_DELAY_S = 1.0
 
 
 def stage_command(stage: str, loglevel: str) -> list[str]:
-    return [sys.executable, "-m", "streams.cli", "worker", "--stage", stage, "--loglevel", loglevel]
+    return [sys.executable, "-m", "tooling.cli", "worker", "--stage", stage, "--loglevel", loglevel]
 
 
 def run_stage_processes(stages: list[str], loglevel: str) -> int:

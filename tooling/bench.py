@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.serde import default_serde
 from sinks.clickhouse_client import connect
 from streams.ids import notification_id
-from streams.local import mailbox_dir
-from streams.mailbox import RECEIPTS, Receipt
-from streams.producer import publish
+from tooling.local import mailbox_dir
+from tooling.mailbox import RECEIPTS, Receipt
+from tooling.producer import publish
 from streams.settings import Settings
 from streams.tables import template_key
 from streams.topics import REQUESTS, TEMPLATES, TopicSpec, create_topics
@@ -74,7 +74,7 @@ def herald_pids() -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"streams.cli" in cmdline and (b"worker" in cmdline or b"gateway" in cmdline) and b"all" not in cmdline:
+        if b"tooling.cli" in cmdline and (b"worker" in cmdline or b"gateway" in cmdline) and b"all" not in cmdline:
             pids.append(int(entry.name))
     return pids
 

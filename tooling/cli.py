@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from streams.processes import run_stage_processes
+from tooling.processes import run_stage_processes
 from streams.settings import get_settings
 from streams.worker import STAGES, run_stage
 from streams.topics import PREFERENCES, TEMPLATES
@@ -71,7 +71,7 @@ def worker(
 @app.command()
 def gateway() -> None:
     """Run the HTTP gateway in the foreground."""
-    from agents.gateway import serve
+    from gateway.server import serve
 
     serve(get_settings())
 
@@ -79,8 +79,8 @@ def gateway() -> None:
 @app.command()
 def mailbox() -> None:
     """Run the local SMTP provider (aiosmtpd) in the foreground."""
-    from streams.local import mailbox_dir
-    from streams.mailbox import serve
+    from tooling.local import mailbox_dir
+    from tooling.mailbox import serve
 
     settings = get_settings()
     serve(mailbox_dir(settings), settings.smtp_host, settings.smtp_port)
@@ -89,7 +89,7 @@ def mailbox() -> None:
 @app.command()
 def up() -> None:
     """Start Kafka, ClickHouse, the mailbox, the workers and the gateway in the background."""
-    from streams.local import up as start_stack
+    from tooling.local import up as start_stack
 
     with console.status("starting Herald…") as status:
         start_stack(get_settings(), lambda line: (console.print(f"[green]✓[/] {line}"), status.update(line)))
@@ -98,7 +98,7 @@ def up() -> None:
 @app.command()
 def down() -> None:
     """Stop everything `herald up` started."""
-    from streams.local import down as stop_stack
+    from tooling.local import down as stop_stack
 
     stop_stack(get_settings(), lambda line: console.print(f"[yellow]■[/] {line}"))
 
@@ -107,7 +107,7 @@ def down() -> None:
 def templates_put(path: Annotated[Path, typer.Argument(exists=True, help="JSON file: a TemplateUpserted, or a list of them.")]) -> None:
     """Publish templates to herald.templates."""
     from schemas.models import TemplateUpserted
-    from streams.producer import publish
+    from tooling.producer import publish
     from streams.tables import template_key
 
     documents = json.loads(path.read_text())
@@ -133,7 +133,7 @@ def prefs_set(
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per user)."""
     from schemas.models import PreferencesUpdated
-    from streams.producer import publish
+    from tooling.producer import publish
 
     opt_outs = []
     for item in opt_out:
@@ -220,7 +220,7 @@ def demo(batch: Annotated[Path, typer.Argument(exists=True, help="JSON Notificat
 
     import httpx
 
-    from streams.local import mailbox_dir
+    from tooling.local import mailbox_dir
 
     settings = get_settings()
     gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
@@ -250,7 +250,7 @@ def bench(
     """Drive N notifications through the running pipeline to the local mailbox and measure."""
     import asyncio
 
-    from streams.bench import run_bench
+    from tooling.bench import run_bench
 
     settings = get_settings()
     if as_json:
