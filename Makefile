@@ -33,9 +33,10 @@ run: venv
 	$(BIN)/herald prefs set dave --email dave@example.com --opt-out '*:email'
 	$(BIN)/herald demo deploy/local/demo/batch.json
 
+# N notifications (default 20000); RATE=R requests per second (default: as fast as possible).
 bench: venv
 	$(BIN)/herald up
-	$(BIN)/herald bench --notifications $(or $(N),20000) --json
+	$(BIN)/herald bench --notifications $(or $(N),20000) $(if $(RATE),--rate $(RATE)) --json
 
 unit: venv
 	$(BIN)/pytest tests/unit -q

@@ -1,34 +1,35 @@
 """deliver: herald.deliver.<channel>[.high] → the provider; the outcome → herald.events.
 
-One agent per channel and priority, so high-priority traffic (OTP) never waits behind bulk. Tasks run
-concurrently (up to `deliver_concurrency` per agent) and each message is acked only when its task is
-done, so Faust commits past a message only once it was delivered, retried or failed.
+One agent per channel and priority, so high-priority traffic (OTP) never waits behind bulk. A batch's
+tasks run concurrently (up to `deliver_concurrency`), and its offsets are committed only once every
+task was delivered, retried or failed and those outcomes are in Kafka.
 
-Never twice to a provider: the `delivered` table (changelog-backed) records each (notification,
-channel) once the provider accepted it and is checked before sending; the provider's idempotency
-key (the email's Message-ID) covers the last gap, a crash between the provider's answer and the
-table's changelog write.
+Never twice to a provider: the `delivered` state (herald.state.delivered) records each
+(notification, channel) once the provider accepted it and is checked before sending; the provider's
+idempotency key (the email's Message-ID) covers the last gap, a crash between the provider's answer
+and the state write.
 
 Transient failures go to a retry topic (herald.retry.<delay>) with `due_at`; the retry agent sends
 them back when due. After the last attempt: a `failed` and a `dead_lettered` event and herald.dlq.
 """
 
 import asyncio
+import logging
 import random
-import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-import faust
-
 from agents.channels.base import ChannelAdapter, Outcome, Result
 from agents.channels.email import EmailAdapter
-from agents.stage import Handler, Stage, lifecycle_event, now_utc
-from streams.app import topic
-from streams.dead_letters import dead_letter
-from streams.settings import Settings, get_settings
-from streams.tables import StateTable
-from streams.topics import DELIVER_BY_NAME, DELIVERED, DLQ, RETRY, RETRY_DELAYS_S, deliver_topic
+from streams.settings import Settings
+from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
+from streams.topics import (DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY, RETRY_DELAYS_S,
+                            deliver_topic)
+
+log = logging.getLogger(__name__)
+RETRY_BY_DELAY = dict(zip(RETRY_DELAYS_S, RETRY))
+RETRY_TOPICS = {spec.name for spec in RETRY}
 
 
 def retry_delay_s(attempt: int) -> int:
@@ -45,127 +46,102 @@ def delivered_key(task: dict[str, Any]) -> str:
     return f"{task['notification_id']}/{task['channel']}"
 
 
-class Deliverer:
-    """Runs one task through its adapter and records what happened."""
+async def deliver(batch: list[Incoming], context: Context) -> Outputs:
+    """Send a batch of tasks (up to `deliver_concurrency` at once) or, from a retry topic, requeue them."""
+    if batch[0].topic in RETRY_TOPICS:
+        return await requeue_when_due(batch, context)
+    out = context.outputs()
+    delivered = context.state[DELIVERED.name]
+    todo: dict[str, Incoming] = {}
+    for record in batch:
+        key = delivered_key(record.value)
+        # Sent before a crash or rebalance (this is the replay), or twice in one batch: once is enough.
+        if delivered.get(key) is None and key not in todo:
+            todo[key] = record
+    window = asyncio.Semaphore(context.settings.deliver_concurrency)
 
-    def __init__(self, stage: Stage, settings: Settings, adapters: dict[str, ChannelAdapter]) -> None:
-        self.stage = stage
-        self.settings = settings
-        self.adapters = adapters
-        self.retry = dict(zip(RETRY_DELAYS_S, RETRY))
-        self.delivered = stage.needs(StateTable(settings, DELIVERED, lambda: stage.app.producer))
-        # (notification, channel) → done, for tasks being sent right now: a replayed copy that
-        # arrives while the first is still in flight waits for it instead of racing the table check.
-        self.in_flight: dict[str, asyncio.Future[None]] = {}
+    async def attempt(record: Incoming) -> Outcome:
+        async with window:
+            return await send(context, record.value)
 
-    async def deliver(self, task: dict[str, Any], event: faust.EventT | None = None) -> None:
-        key = delivered_key(task)
-        while key in self.in_flight:
-            await asyncio.shield(self.in_flight[key])
-        if self.delivered.get(key) is not None:
-            return  # sent before a crash or rebalance; this is the replay
-        self.in_flight[key] = done = asyncio.get_running_loop().create_future()
-        try:
-            await self.attempt(task, key)
-        finally:
-            del self.in_flight[key]
-            done.set_result(None)
-
-    async def attempt(self, task: dict[str, Any], key: str) -> None:
-        adapter = self.adapters[task["channel"]]
-        outcome = await adapter.send(task)
-        if outcome.result is Result.SENT:
-            await self.delivered.put(key, [time.time()])
-            await self.emit(task, "sent", adapter)
-        elif outcome.result is Result.TRANSIENT and task["attempt"] + 1 < self.settings.delivery_max_attempts:
-            await self.schedule_retry(task, outcome, adapter)
-        else:
-            await self.give_up(task, outcome, adapter)
-
-    async def emit(self, task: dict[str, Any], status: str, adapter: ChannelAdapter,
-                   outcome: Outcome | None = None) -> None:
-        await self.stage.emit(lifecycle_event(
-            task, status, self.stage.name, channel=task["channel"], provider=adapter.provider,
-            attempt=task["attempt"], error_code=outcome.code if outcome else None,
-            detail=outcome.detail if outcome else None,
-        ))
-
-    async def schedule_retry(self, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
-        delay = retry_delay_s(task["attempt"])
-        await self.emit(task, "retried", adapter, outcome)
-        retry = dict(task, attempt=task["attempt"] + 1,
-                     due_at=now_utc() + timedelta(seconds=due_in_s(delay, outcome)))
-        await self.stage.send(self.retry[delay], task["recipient"]["user_id"].encode(), retry)
-
-    async def give_up(self, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
-        await self.emit(task, "failed", adapter, outcome)
-        if outcome.result is Result.PERMANENT:
-            return  # the provider's final word; nothing left to try
-        await self.emit(task, "dead_lettered", adapter, Outcome(outcome.result, "retries_exhausted", outcome.detail))
-        record = dead_letter(
-            stage=self.stage.name, reason_code="retries_exhausted",
-            detail=f"{task['attempt'] + 1} attempts; last: {outcome.code} {outcome.detail}",
-            topic=deliver_topic(task["channel"]), value=self.stage.serde.encode("DeliveryTask", task),
-            notification_id=task["notification_id"],
-        )
-        await self.stage.send(DLQ, task["recipient"]["user_id"].encode(), record)
+    outcomes = await asyncio.gather(*(attempt(record) for record in todo.values()))
+    for (key, record), outcome in zip(todo.items(), outcomes):
+        record_outcome(out, context, record, key, outcome)
+    return out
 
 
-async def run_concurrently(stream: faust.StreamT, handle: Handler, concurrency: int, stage: Stage) -> None:
-    """Handle up to `concurrency` events at once; ack each one only when its handling finished."""
-    window = asyncio.Semaphore(concurrency)
-    in_flight: set[asyncio.Task[None]] = set()
-
-    async def run(event: faust.EventT) -> None:
-        try:
-            await stage.handle_one(event, handle)
-            event.ack()
-        finally:
-            window.release()
-
-    async for event in stream.noack().events():
-        await window.acquire()
-        task = asyncio.create_task(run(event))
-        in_flight.add(task)
-        task.add_done_callback(in_flight.discard)
+async def send(context: Context, task: dict[str, Any]) -> Outcome:
+    """The provider's answer; an adapter that raises is a transient failure, never a lost batch."""
+    try:
+        return await context.services[task["channel"]].send(task)
+    except Exception as exc:  # a bug in an adapter must not take the other tasks of the batch with it
+        log.exception("deliver: %s adapter raised on %s", task["channel"], task["notification_id"])
+        return Outcome(Result.TRANSIENT, "adapter_error", f"{type(exc).__name__}: {exc}")
 
 
-settings = get_settings()
-stage = Stage("deliver")
-app = stage.app
-adapters: dict[str, ChannelAdapter] = {"email": stage.needs(EmailAdapter(settings))}
-deliverer = Deliverer(stage, settings, adapters)
+def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, outcome: Outcome) -> None:
+    task = record.value
+    adapter = context.services[task["channel"]]
+    if outcome.result is Result.SENT:
+        out.put_state(context.state[DELIVERED.name], key, True)
+        emit(out, task, "sent", adapter)
+    elif outcome.result is Result.TRANSIENT and task["attempt"] + 1 < context.settings.delivery_max_attempts:
+        schedule_retry(out, task, outcome, adapter)
+    else:
+        give_up(out, record, outcome, adapter)
 
 
-def deliver_agent(source: faust.TopicT) -> None:
-    async def deliver_tasks(stream: faust.StreamT) -> None:
-        await deliverer.delivered.wait_ready()
-        await run_concurrently(stream, deliverer.deliver, settings.deliver_concurrency, stage)
-
-    app.agent(source, name=f"deliver-{source.get_topic_name()}")(deliver_tasks)
+def emit(out: Outputs, task: dict[str, Any], status: str, adapter: ChannelAdapter,
+         outcome: Outcome | None = None) -> None:
+    out.event(task, status, channel=task["channel"], provider=adapter.provider, attempt=task["attempt"],
+              error_code=outcome.code if outcome else None, detail=outcome.detail if outcome else None)
 
 
-async def send_back_when_due(task: dict[str, Any], event: faust.EventT) -> None:
-    wait = (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0
-    if wait > 0:
-        await asyncio.sleep(wait)  # the topic is in due order: one delay per topic
-    await stage.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], event.key, task)
+def schedule_retry(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
+    delay = retry_delay_s(task["attempt"])
+    emit(out, task, "retried", adapter, outcome)
+    retry = dict(task, attempt=task["attempt"] + 1, due_at=now_utc() + timedelta(seconds=due_in_s(delay, outcome)))
+    out.send(RETRY_BY_DELAY[delay], task["recipient"]["user_id"].encode(), retry)
 
 
-def retry_agent(source: faust.TopicT) -> None:
-    async def retry_when_due(stream: faust.StreamT) -> None:
-        await stage.run(stream, send_back_when_due)
-
-    app.agent(source, name=f"retry-{source.get_topic_name()}")(retry_when_due)
-
-
-for name, spec in DELIVER_BY_NAME.items():
-    if name.split(".")[2] in adapters:
-        deliver_agent(topic(app, spec))
-for spec in RETRY:
-    retry_agent(topic(app, spec))
+def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAdapter) -> None:
+    task = record.value
+    emit(out, task, "failed", adapter, outcome)
+    if outcome.result is Result.PERMANENT:
+        return  # the provider's final word; nothing left to try
+    emit(out, task, "dead_lettered", adapter, Outcome(outcome.result, "retries_exhausted", outcome.detail))
+    out.dead_letter(record, "retries_exhausted", f"{task['attempt'] + 1} attempts; last: {outcome.code} {outcome.detail}",
+                    notification_id=task["notification_id"])
 
 
-@app.timer(interval=300.0)
-async def purge_delivered() -> None:
-    await deliverer.delivered.purge(time.time() - settings.delivered_ttl_s, lambda sent: sent[0])
+async def requeue_when_due(batch: list[Incoming], context: Context) -> Outputs:
+    """Back to the channel's deliver topic once due. A retry topic holds one delay, so it is in due order."""
+    out = context.outputs()
+    for record in batch:
+        task = record.value
+        wait = (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0
+        if wait > 0:
+            await asyncio.sleep(wait)
+        out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], record.key, task)
+    return out
+
+
+# The provider adapter of each channel that has one; deliver reads those channels' topics.
+ADAPTERS: dict[str, Callable[[Settings], ChannelAdapter]] = {"email": EmailAdapter}
+
+
+def adapters(settings: Settings) -> dict[str, ChannelAdapter]:
+    return {channel: make(settings) for channel, make in ADAPTERS.items()}
+
+
+DELIVER_STAGE = StageSpec(
+    name="deliver",
+    doc=__doc__ or "",
+    inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in ADAPTERS), *RETRY),
+    outputs=(*RETRY, *DELIVER, DLQ, EVENTS, DELIVERED),
+    handle=deliver,
+    state=(StateSpec(DELIVERED, "delivered_ttl_s"),),
+    services=adapters,
+    # A crash resends at most one chunk's deliveries (those the provider took before the state write).
+    chunk_setting="deliver_concurrency",
+)

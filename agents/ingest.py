@@ -2,23 +2,19 @@
 
 Decodes each request (NotificationRequest or NotificationBatch), stamps notification_id and
 received_at, expands a batch into one notification per recipient, and drops repeats of an
-idempotency key seen within `idempotency_ttl_s`. Undecodable bytes go to herald.dlq.
+idempotency key seen within `idempotency_ttl_s` (the stage's own state, folded from
+herald.state.idempotency-keys). Undecodable bytes go to herald.dlq (the runtime does that).
 """
 
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-import faust
-
-from agents.stage import Stage, lifecycle_event, now_utc
-from streams.app import topic
 from streams.codec import Envelope
-from streams.ids import idempotency_scope, log_position, member_key, member_position, notification_id
-from streams.settings import get_settings
+from streams.ids import idempotency_scope, member_key, member_position, notification_id
+from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
 from streams.tables import StateTable
-from streams.topics import ACCEPTED, IDEMPOTENCY_KEYS, REQUESTS
+from streams.topics import ACCEPTED, EVENTS, IDEMPOTENCY_KEYS, REQUESTS
 
 COMMON_FIELDS = ("tenant", "template_id", "template_version", "channels", "category", "priority",
                  "send_at", "fallback_channel", "requested_at", "metadata")
@@ -60,41 +56,35 @@ def expand(envelope: Envelope, position: str, now: datetime) -> list[dict[str, A
     ]
 
 
-stage = Stage("ingest")
-app = stage.app
-requests = topic(app, REQUESTS)
-# tenant/idempotency key → [log position, epoch seconds] of its first request. Purged after the TTL
-# so memory stays bounded.
-seen_keys = stage.needs(StateTable(get_settings(), IDEMPOTENCY_KEYS, lambda: app.producer))
-
-
-async def is_repeat(scope: str, position: str) -> bool:
+def is_repeat(out: Outputs, seen: StateTable, scope: str, position: str) -> bool:
     """A repeat is the same key from another request. The same request read again after a crash
     is not a repeat: it must flow on (later stages drop what they already did by notification id)."""
-    seen = seen_keys.get(scope)
-    if seen is None:
-        await seen_keys.put(scope, [position, time.time()])
+    first = out.pending_state(seen, scope)
+    if first is None:
+        out.put_state(seen, scope, position)
         return False
-    return seen[0] != position
+    return first != position
 
 
-async def accept(request: Envelope, event: faust.EventT) -> None:
-    message = event.message
-    position = log_position(message.topic, message.partition, message.offset)
-    for record in expand(request, position, now_utc()):
-        key = record["idempotency_key"]
-        if key and await is_repeat(idempotency_scope(record["tenant"], key), position):
-            continue
-        await stage.send(ACCEPTED, record["notification_id"].bytes, record)
-        await stage.emit(lifecycle_event(record, "accepted", stage.name))
+def accept(batch: list[Incoming], context: Context) -> Outputs:
+    out = context.outputs()
+    seen = context.state[IDEMPOTENCY_KEYS.name]
+    now = now_utc()
+    for request in batch:
+        for record in expand(Envelope(request.schema, request.value), request.position, now):
+            key = record["idempotency_key"]
+            if key and is_repeat(out, seen, idempotency_scope(record["tenant"], key), request.position):
+                continue
+            out.send(ACCEPTED, record["notification_id"].bytes, record)
+            out.event(record, "accepted")
+    return out
 
 
-@app.agent(requests)
-async def ingest(stream: faust.StreamT) -> None:
-    await seen_keys.wait_ready()
-    await stage.run(stream, accept)
-
-
-@app.timer(interval=60.0)
-async def purge_idempotency_keys() -> None:
-    await seen_keys.purge(time.time() - get_settings().idempotency_ttl_s, lambda seen: seen[1])
+INGEST = StageSpec(
+    name="ingest",
+    doc=__doc__ or "",
+    inputs=(REQUESTS,),
+    outputs=(ACCEPTED, EVENTS, IDEMPOTENCY_KEYS),
+    handle=accept,
+    state=(StateSpec(IDEMPOTENCY_KEYS, "idempotency_ttl_s"),),
+)

@@ -7,13 +7,8 @@ tasks go to the .high topics, which the deliver stage reads apart from bulk.
 
 from typing import Any, NamedTuple
 
-import faust
-
-from agents.stage import Stage, lifecycle_event
-from streams.app import topic
-from streams.settings import get_settings
-from streams.tables import PreferenceTable
-from streams.topics import DELIVER_BY_NAME, RENDERED, deliver_topic
+from streams.stage import Context, Incoming, Outputs, StageSpec
+from streams.topics import DELIVER, DELIVER_BY_NAME, EVENTS, RENDERED, deliver_topic
 
 
 class Suppression(NamedTuple):
@@ -71,25 +66,27 @@ def route(notification: dict[str, Any], preferences: dict[str, Any] | None) -> t
     return tasks, suppressed
 
 
-stage = Stage("route")
-app = stage.app
-rendered = topic(app, RENDERED)
-preferences = stage.needs(PreferenceTable(get_settings()))
-
-
-async def route_one(notification: dict[str, Any], event: faust.EventT) -> None:
-    tasks, suppressed = route(notification, preferences.get(notification["recipient"]["user_id"]))
-    for s in suppressed:
-        await stage.emit(lifecycle_event(notification, "suppressed", stage.name, channel=s.channel,
-                                         error_code=s.reason_code, detail=s.detail))
-    key = notification["recipient"]["user_id"].encode()
-    for task in tasks:
+def route_all(batch: list[Incoming], context: Context) -> Outputs:
+    assert context.preferences is not None
+    out = context.outputs()
+    for record in batch:
+        notification = record.value
+        tasks, suppressed = route(notification, context.preferences.get(notification["recipient"]["user_id"]))
+        for s in suppressed:
+            out.event(notification, "suppressed", channel=s.channel, error_code=s.reason_code, detail=s.detail)
+        key = notification["recipient"]["user_id"].encode()
         high = notification["priority"] == "high"
-        await stage.send(DELIVER_BY_NAME[deliver_topic(task["channel"], high)], key, task)
-        await stage.emit(lifecycle_event(notification, "routed", stage.name, channel=task["channel"]))
+        for task in tasks:
+            out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], high)], key, task)
+            out.event(notification, "routed", channel=task["channel"])
+    return out
 
 
-@app.agent(rendered)
-async def route_notifications(stream: faust.StreamT) -> None:
-    await preferences.wait_ready()
-    await stage.run(stream, route_one)
+ROUTE = StageSpec(
+    name="route",
+    doc=__doc__ or "",
+    inputs=(RENDERED,),
+    outputs=(*DELIVER, EVENTS),
+    handle=route_all,
+    tables=("preferences",),
+)

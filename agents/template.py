@@ -8,15 +8,11 @@ variables are errors. Any exception while rendering rejects the notification wit
 from functools import lru_cache
 from typing import Any
 
-import faust
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from agents.stage import Stage, lifecycle_event
-from streams.app import topic
-from streams.settings import get_settings
-from streams.tables import PreferenceTable, TemplateTable
-from streams.topics import RENDERED, VALIDATED
+from streams.stage import Context, Incoming, Outputs, StageSpec
+from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
 
 PLAIN = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
 HTML = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
@@ -58,30 +54,32 @@ def render(template: dict[str, Any], channels: list[str], variables: dict[str, s
     return contents
 
 
-stage = Stage("template")
-app = stage.app
-validated = topic(app, VALIDATED)
-templates = stage.needs(TemplateTable(get_settings()))
-preferences = stage.needs(PreferenceTable(get_settings()))
+def render_all(batch: list[Incoming], context: Context) -> Outputs:
+    assert context.templates is not None and context.preferences is not None
+    out = context.outputs()
+    for record in batch:
+        notification = record.value
+        preferences = context.preferences.get(notification["recipient"]["user_id"])
+        found = context.templates.for_notification(notification, preferences)
+        if found is None:  # deleted between validate and now
+            out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
+            continue
+        try:
+            notification["rendered"] = render(found, notification["channels"], notification["variables"])
+        except RenderError as exc:
+            out.reject(notification, "template_error", str(exc))
+            continue
+        notification["template_version"] = found["version"]
+        out.send(RENDERED, record.key, notification)
+        out.event(notification, "rendered")
+    return out
 
 
-async def render_one(notification: dict[str, Any], event: faust.EventT) -> None:
-    found = templates.for_notification(notification, preferences.get(notification["recipient"]["user_id"]))
-    if found is None:  # deleted between validate and now
-        await stage.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
-        return
-    try:
-        notification["rendered"] = render(found, notification["channels"], notification["variables"])
-    except RenderError as exc:
-        await stage.reject(notification, "template_error", str(exc))
-        return
-    notification["template_version"] = found["version"]
-    await stage.send(RENDERED, event.key, notification)
-    await stage.emit(lifecycle_event(notification, "rendered", stage.name))
-
-
-@app.agent(validated)
-async def template(stream: faust.StreamT) -> None:
-    await templates.wait_ready()
-    await preferences.wait_ready()
-    await stage.run(stream, render_one)
+TEMPLATE = StageSpec(
+    name="template",
+    doc=__doc__ or "",
+    inputs=(VALIDATED,),
+    outputs=(RENDERED, REJECTED, EVENTS),
+    handle=render_all,
+    tables=("templates", "preferences"),
+)

@@ -1,12 +1,25 @@
-"""track: every lifecycle event on herald.events → ClickHouse, through the sink of sinks/event_sink.py.
+"""track: every lifecycle event on herald.events, and every dead letter on herald.dlq → ClickHouse.
 
-The stage has no Faust agent of its own: the sink is a plain consumer that commits only after its
-insert (see the sink's docstring for why); this module gives it a place in the worker.
+The work is the sink of sinks/event_sink.py, a service of this stage: a plain aiokafka consumer in
+its own consumer group (herald-clickhouse-sink) that commits only after its insert (see the sink's
+docstring for why).
 """
 
-from agents.stage import Stage
 from sinks.event_sink import EventSink
-from streams.settings import get_settings
+from streams.settings import Settings
+from streams.stage import StageSpec
+from streams.topics import DLQ, EVENTS
 
-stage = Stage("track")
-sink = stage.needs(EventSink(get_settings()))
+
+def sink(settings: Settings) -> dict[str, EventSink]:
+    return {"sink": EventSink(settings, TRACK.group_id(settings))}
+
+
+TRACK = StageSpec(
+    name="track",
+    doc=__doc__ or "",
+    inputs=(EVENTS, DLQ),
+    outputs=(DLQ,),
+    services=sink,
+    group="clickhouse-sink",
+)

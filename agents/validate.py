@@ -7,14 +7,10 @@ asked for, or every channel the template has a part for.
 
 from typing import Any, NamedTuple
 
-import faust
 from email_validator import EmailNotValidError, validate_email
 
-from agents.stage import Stage
-from streams.app import topic
-from streams.settings import get_settings
-from streams.tables import PreferenceTable, TemplateTable
-from streams.topics import ACCEPTED, VALIDATED
+from streams.stage import Context, Incoming, Outputs, StageSpec
+from streams.topics import ACCEPTED, EVENTS, REJECTED, VALIDATED
 
 MAX_VARIABLES = 200
 MAX_VARIABLE_BYTES = 16 * 1024
@@ -73,26 +69,27 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
     return channels
 
 
-stage = Stage("validate")
-app = stage.app
-accepted = topic(app, ACCEPTED)
-templates = stage.needs(TemplateTable(get_settings()))
-preferences = stage.needs(PreferenceTable(get_settings()))
+def validate(batch: list[Incoming], context: Context) -> Outputs:
+    assert context.templates is not None and context.preferences is not None
+    out = context.outputs()
+    for record in batch:
+        notification = record.value
+        preferences = context.preferences.get(notification["recipient"]["user_id"])
+        template = context.templates.for_notification(notification, preferences)
+        result = check(notification, template, preferences)
+        if isinstance(result, Problem):
+            out.reject(notification, *result)
+            continue
+        notification["channels"] = result
+        out.send(VALIDATED, record.key, notification)
+    return out
 
 
-async def validate_one(notification: dict[str, Any], event: faust.EventT) -> None:
-    user_preferences = preferences.get(notification["recipient"]["user_id"])
-    template = templates.for_notification(notification, user_preferences)
-    result = check(notification, template, user_preferences)
-    if isinstance(result, Problem):
-        await stage.reject(notification, *result)
-        return
-    notification["channels"] = result
-    await stage.send(VALIDATED, event.key, notification)
-
-
-@app.agent(accepted)
-async def validate(stream: faust.StreamT) -> None:
-    await templates.wait_ready()
-    await preferences.wait_ready()
-    await stage.run(stream, validate_one)
+VALIDATE = StageSpec(
+    name="validate",
+    doc=__doc__ or "",
+    inputs=(ACCEPTED,),
+    outputs=(VALIDATED, REJECTED, EVENTS),
+    handle=validate,
+    tables=("templates", "preferences"),
+)

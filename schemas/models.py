@@ -37,6 +37,8 @@ __all__ = [
     "Priority",
     "QuietHours",
     "Recipient",
+    "RecordBundle",
+    "BundledRecord",
     "Rejection",
     "RenderedContent",
     "TemplatePart",
@@ -405,6 +407,24 @@ class PreferencesUpdated(AvroModel):
     updated_at: TimestampMillis
 
 
+class BundledRecord(AvroModel):
+    """One record of the bundle: its own key and its own framed Avro value."""
+
+    key: bytes | None = None
+    """The record's key (what it would be keyed by on its own)."""
+    value: bytes
+    """The record, framed as any Herald value (single-object or Confluent), so each record keeps its own writer schema."""
+
+
+class RecordBundle(AvroModel):
+    """A bounded batch of records in one Kafka message, on Herald's internal topics between stages."""
+
+    AVRO_NAME: ClassVar[str] = "RecordBundle"
+
+    records: list[BundledRecord]
+    """The records, in the order they were produced."""
+
+
 #: Every top-level model, by Avro short name.
 MODELS: dict[str, type[AvroModel]] = {
     m.AVRO_NAME: m  # type: ignore[attr-defined]
@@ -418,5 +438,6 @@ MODELS: dict[str, type[AvroModel]] = {
         DeadLetter,
         TemplateUpserted,
         PreferencesUpdated,
+        RecordBundle,
     )
 }

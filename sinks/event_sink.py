@@ -30,7 +30,8 @@ from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
 from sinks.clickhouse_client import connect
 from streams.dead_letters import dead_letter
 from streams.settings import Settings
-from streams.topics import DLQ, EVENTS
+from streams.codec import unbundle
+from streams.topics import DLQ, EVENTS, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ DEAD_LETTER_COLUMNS = (
     "failed_at", "failed_at_ms", "stage", "reason_code", "detail", "topic", "partition", "offset",
     "notification_id", "original_key", "original_value",
 )
-GROUP_ID = "herald-clickhouse-sink"
 
 
 def event_to_row(event: dict[str, Any]) -> tuple[Any, ...]:
@@ -88,7 +88,7 @@ def dead_letter_to_row(record: dict[str, Any]) -> tuple[Any, ...]:
 class Projection:
     """How one topic lands in one ClickHouse table."""
 
-    topic: str
+    topic: TopicSpec
     schema: str
     table: str
     columns: tuple[str, ...]
@@ -99,15 +99,16 @@ class Projection:
         return f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES"
 
 
-EVENTS_PROJECTION = Projection(EVENTS.name, "LifecycleEvent", "notification_events", COLUMNS, event_to_row)
-DEAD_LETTERS_PROJECTION = Projection(DLQ.name, "DeadLetter", "dead_letters", DEAD_LETTER_COLUMNS, dead_letter_to_row)
-PROJECTIONS = {p.topic: p for p in (EVENTS_PROJECTION, DEAD_LETTERS_PROJECTION)}
+EVENTS_PROJECTION = Projection(EVENTS, "LifecycleEvent", "notification_events", COLUMNS, event_to_row)
+DEAD_LETTERS_PROJECTION = Projection(DLQ, "DeadLetter", "dead_letters", DEAD_LETTER_COLUMNS, dead_letter_to_row)
+PROJECTIONS = {p.topic.name: p for p in (EVENTS_PROJECTION, DEAD_LETTERS_PROJECTION)}
 
 
-def undecodable_dead_letter(record: ConsumerRecord, error: str) -> dict[str, Any]:
+def undecodable_dead_letter(record: ConsumerRecord, error: str, key: bytes | None, value: bytes) -> dict[str, Any]:
+    # A header may have no value; the DeadLetter schema's map holds bytes.
     return dead_letter(
         stage="track", reason_code="undecodable", detail=error, topic=record.topic, partition=record.partition,
-        offset=record.offset, key=record.key, value=record.value, headers=dict(record.headers),
+        offset=record.offset, key=key, value=value, headers={name: data or b"" for name, data in record.headers},
     )
 
 
@@ -143,9 +144,10 @@ class ClickHouseWriter:
 class EventSink(Service):
     """Consumes herald.events and herald.dlq and writes them to ClickHouse; see the module docstring."""
 
-    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, group_id: str, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.settings = settings
+        self.group_id = group_id
         self.serde = serde or default_serde()
         self.writer = ClickHouseWriter(settings)
         self.rows_written = 0
@@ -156,7 +158,7 @@ class EventSink(Service):
         self.consumer = AIOKafkaConsumer(
             *PROJECTIONS,
             bootstrap_servers=settings.kafka_bootstrap,
-            group_id=GROUP_ID,
+            group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=settings.sink_batch_size,
@@ -206,15 +208,25 @@ class EventSink(Service):
         dead = []
         for record in records:
             projection = PROJECTIONS[record.topic]
-            try:
-                batches[projection].append(projection.to_row(self.serde.decode(record.value, projection.schema)))
-            except SchemaDecodeError as exc:
-                letter = undecodable_dead_letter(record, str(exc))
-                if projection is DEAD_LETTERS_PROJECTION:
-                    batches[projection].append(dead_letter_to_row(letter))
-                else:
-                    dead.append(letter)
+            for key, value in self.values(record, projection):
+                try:
+                    batches[projection].append(projection.to_row(self.serde.decode(value, projection.schema)))
+                except SchemaDecodeError as exc:
+                    letter = undecodable_dead_letter(record, str(exc), key, value)
+                    if projection is DEAD_LETTERS_PROJECTION:
+                        batches[projection].append(dead_letter_to_row(letter))
+                    else:
+                        dead.append(letter)
         return batches, dead
+
+    def values(self, record: ConsumerRecord, projection: Projection) -> list[tuple[bytes | None, bytes]]:
+        """The (key, value) records a message holds: many in a RecordBundle, else itself."""
+        if not projection.topic.bundled:
+            return [(record.key, record.value)]
+        try:
+            return unbundle(self.serde, record.value)
+        except SchemaDecodeError:  # the whole message then fails to decode below, and is dead-lettered whole
+            return [(record.key, record.value or b"")]
 
     async def dead_letter(self, dead: list[dict[str, Any]]) -> None:
         for record in dead:

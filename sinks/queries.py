@@ -1,8 +1,10 @@
-"""Analytics read from ClickHouse: one notification's timeline, and the operators' report.
+"""Analytics read from ClickHouse: one notification's timeline, whether notifications are done, and
+the operators' report.
 
 Every query reads `notification_events` with FINAL, so replayed events are counted once.
 """
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -33,6 +35,19 @@ GROUP BY channel
 ORDER BY channel
 """
 
+# Each notification's statuses per channel ("" for the events about no channel: accepted, rejected, …).
+STATUSES = """
+SELECT toString(notification_id), channel, groupUniqArray(status)
+FROM notification_events FINAL
+WHERE notification_id IN %(ids)s
+GROUP BY notification_id, channel
+"""
+
+# Where a notification's story ends on a channel: sent (or what a provider reports later), given up
+# on, or never attempted. `rejected` and `dead_lettered` also end it before any channel.
+FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered",
+                            "opened", "clicked", "read"})
+
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
 
@@ -47,3 +62,20 @@ def counts(client: Client, seconds: int) -> list[tuple[str, str, int]]:
 
 def latency(client: Client, seconds: int) -> list[tuple[str, int, float, float, float]]:
     return client.execute(LATENCY, {"seconds": seconds})
+
+
+def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:
+    """notification id → channel → the statuses its events have reached; ids without events are absent."""
+    found: dict[str, dict[str, set[str]]] = {}
+    # A tuple: clickhouse-driver renders a list as an array, which IN does not take.
+    for nid, channel, reached in client.execute(STATUSES, {"ids": tuple(ids)}):
+        found.setdefault(nid, {})[channel] = set(reached)
+    return found
+
+
+def settled(by_channel: dict[str, set[str]]) -> bool:
+    """Whether a notification is done: stopped before any channel, or at a final status on each of its channels."""
+    if by_channel.get("", set()) & FINAL_STATUSES:
+        return True
+    channels = [reached for channel, reached in by_channel.items() if channel]
+    return bool(channels) and all(reached & FINAL_STATUSES for reached in channels)

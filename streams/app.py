@@ -1,4 +1,4 @@
-"""The Faust apps the stages run in, and the Faust handles of the topic catalog.
+"""The Faust app each stage runs in.
 
 Each stage is its own Faust app (consumer group `herald-<stage>`), so each runs and scales on its own:
 one process per stage locally (`herald worker --stage all` starts them all), one Deployment per stage
@@ -7,9 +7,7 @@ on Kubernetes.
 
 import faust
 
-from streams.codec import codec_name
-from streams.settings import Settings, get_settings
-from streams.topics import TopicSpec
+from streams.settings import Settings
 
 
 def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
@@ -22,28 +20,19 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         # at_least_once on purpose: faust-streaming's exactly_once is broken (#323, #440, #517);
         # every effect downstream is idempotent instead.
         processing_guarantee="at_least_once",
-        # Tables (idempotency keys, delivered) keep JSON; catalog topics carry raw keys and Avro values.
-        key_serializer="json",
-        value_serializer="json",
+        # Agents read raw bytes: the runtime decodes (single records and RecordBundles) itself.
+        key_serializer="raw",
+        value_serializer="raw",
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication,
-        store="memory://",  # tables recover from their changelog topics on start
+        store="memory://",
         datadir=str(datadir),
         web_enabled=False,
         producer_acks=-1,
         producer_linger_ms=settings.producer_linger_ms,
         producer_max_batch_size=256 * 1024,
+        producer_max_request_size=settings.max_message_bytes,
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
     )
-
-
-def stage_app(stage: str) -> faust.App:
-    settings = get_settings()
-    return create_app(settings, f"{settings.app_id}-{stage}")
-
-
-def topic(app: faust.App, spec: TopicSpec) -> faust.TopicT:
-    """The Faust topic for a catalog entry; values are Avro records (dicts) via the Avro codec."""
-    return app.topic(spec.name, key_type=bytes, key_serializer="raw", value_serializer=codec_name(spec.schemas))

@@ -1,20 +1,19 @@
-"""The Avro codec registered with Faust, so agents send and receive schema records, not bytes.
+"""Message framing on Herald's topics: one Avro record per message, or a RecordBundle of them.
 
-Decoding never raises into Faust: Faust would log a decode error and skip the message, which is a
-silent loss. Instead bytes that do not decode come out as `Undecodable`, and the agent sends them to
-herald.dlq with the reason (see agents/dead_letters.py).
+Public topics carry one framed Avro record per Kafka message. Internal topics between stages
+(`TopicSpec.bundled`) carry a RecordBundle: many records, each with its own key and its own framed
+value, so one Kafka message (and one pass through Faust's per-message machinery) moves hundreds of
+records, and one undecodable record can be dead-lettered alone.
 """
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from faust.serializers import codecs
+from schemas.serde import AvroSerde
 
-from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
-
-
-class Undecodable(NamedTuple):
-    data: bytes
-    error: str
+# Bytes a RecordBundle adds per record beyond its key and value (lengths, union index), and per bundle.
+BUNDLE_RECORD_OVERHEAD = 16
+BUNDLE_OVERHEAD = 32
 
 
 class Envelope(NamedTuple):
@@ -24,29 +23,29 @@ class Envelope(NamedTuple):
     record: dict[str, Any]
 
 
-class AvroCodec(codecs.Codec):
-    def __init__(self, schemas: tuple[str, ...], serde: AvroSerde) -> None:
-        super().__init__(schemas=schemas)
-        self.schemas = schemas
-        self.serde = serde
-
-    def _dumps(self, obj: Any) -> bytes:
-        if isinstance(obj, Envelope):
-            return self.serde.encode(obj.schema, obj.record)
-        return self.serde.encode(self.schemas[0], obj)
-
-    def _loads(self, s: bytes) -> Any:
-        try:
-            if len(self.schemas) == 1:
-                return self.serde.decode(s, self.schemas[0])
-            return Envelope(*self.serde.decode_any(s, self.schemas))
-        except SchemaDecodeError as exc:
-            return Undecodable(s, str(exc))
+def bundle(serde: AvroSerde, records: Sequence[tuple[bytes | None, bytes]]) -> bytes:
+    """One RecordBundle message holding `records` (key, framed value) in order."""
+    return serde.encode("RecordBundle", {"records": [{"key": key, "value": value} for key, value in records]})
 
 
-def codec_name(schemas: tuple[str, ...]) -> str:
-    """Register (once) and return the Faust codec name for values of these schemas."""
-    name = "avro-" + "-".join(schemas)
-    if name not in codecs.codecs:
-        codecs.register(name, AvroCodec(schemas, default_serde()))
-    return name
+def unbundle(serde: AvroSerde, data: bytes) -> list[tuple[bytes | None, bytes]]:
+    """The (key, framed value) records of a RecordBundle message; raises SchemaDecodeError."""
+    return [(record["key"], record["value"]) for record in serde.decode(data, "RecordBundle")["records"]]
+
+
+def chunks(records: Sequence[tuple[bytes | None, bytes]], max_records: int,
+           max_bytes: int) -> list[list[tuple[bytes | None, bytes]]]:
+    """Split records into bundles of at most `max_records` records and `max_bytes` bytes, in order."""
+    out: list[list[tuple[bytes | None, bytes]]] = []
+    current: list[tuple[bytes | None, bytes]] = []
+    size = BUNDLE_OVERHEAD
+    for key, value in records:
+        record_size = len(value) + len(key or b"") + BUNDLE_RECORD_OVERHEAD
+        if current and (len(current) >= max_records or size + record_size > max_bytes):
+            out.append(current)
+            current, size = [], BUNDLE_OVERHEAD
+        current.append((key, value))
+        size += record_size
+    if current:
+        out.append(current)
+    return out

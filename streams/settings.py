@@ -20,6 +20,20 @@ class Settings(BaseSettings):
     # How long a stage's producer waits to fill a batch: bigger batches cost less CPU per message
     # (on loopback the kernel does the broker's receive work inside the sender's write).
     producer_linger_ms: int = 20
+    # One size limit from the gateway to every producer: the largest Kafka message (key, value and
+    # framing) Herald produces; topics are created to accept it. Records are checked against
+    # `max_record_bytes`, which leaves room for the message's own overhead.
+    max_message_bytes: int = 1_000_000
+    # Stage batches: Kafka messages taken at once (a bundle holds many records), how long to wait
+    # to fill a batch, and records handed to a handler at once (deliver: `deliver_concurrency`).
+    stage_batch_max: int = 500
+    stage_batch_within_s: float = 0.02
+    stage_handler_records: int = 2000
+    # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
+    bundle_max_records: int = 500
+    # A produce the broker did not acknowledge is retried for this long, then the worker exits
+    # (its input offsets stay uncommitted, so a restart re-reads them).
+    produce_give_up_s: float = 300.0
     # Retention of the flow topics; templates and preferences are compacted and kept forever.
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
 
@@ -60,6 +74,11 @@ class Settings(BaseSettings):
     email_domain: str = "herald.local"
     # How long ingest remembers an idempotency key.
     idempotency_ttl_s: int = 24 * 3600
+
+
+    @property
+    def max_record_bytes(self) -> int:
+        return self.max_message_bytes - 1024
 
 
 @lru_cache(maxsize=1)

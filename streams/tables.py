@@ -13,6 +13,7 @@ Faust stages never did.
 import asyncio
 import json
 import logging
+import time
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -175,41 +176,73 @@ class PreferenceTable(FoldedTable):
 class StateTable(FoldedTable):
     """A stage's own state: key → small JSON value, folded from a compacted topic the stage writes.
 
-    Writes go through the stage's Faust producer, which Faust flushes before it commits the input
-    offsets: when an input message counts as processed, its state change is in Kafka.
+    The topic holds blocks, not one record per key: one record per batch of the stage, keyed by a
+    block id (where the batch started in its input log), whose value is the batch's writes,
+    `{"at": epoch seconds, "entries": {key: value}}`. A batch then costs one produce instead of one
+    per key, and a replayed batch rewrites the same block. Writes are outputs of the handler
+    (`Outputs.put_state`): the runtime produces the block with the batch's other records and folds
+    it here once the broker acknowledged it, so when an input offset is committed its state change
+    is in Kafka. `purge` tombstones blocks older than `ttl_s`, which keeps memory bounded.
     """
 
-    def __init__(self, settings: Settings, spec: TopicSpec, producer: Callable[[], ProducerT], **kwargs: Any) -> None:
+    # Entries per block record, so a block stays far below the message size limit.
+    BLOCK_ENTRIES = 2000
+
+    def __init__(self, settings: Settings, spec: TopicSpec, ttl_s: float, producer: Callable[[], ProducerT],
+                 **kwargs: Any) -> None:
         self.spec = spec
         super().__init__(settings, **kwargs)
+        self.ttl_s = ttl_s
         self.producer = producer
-        self.entries: dict[str, Any] = {}
+        self.entries: dict[str, tuple[Any, str]] = {}  # key → (value, block id)
+        self.blocks: dict[str, tuple[float, list[str]]] = {}  # block id → (written at, keys)
 
     def decode(self, value: bytes) -> Any:
         return json.loads(value)
 
+    def encode(self, block_id: str, writes: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """The block records (key, value) for one batch's writes."""
+        at = time.time()
+        items = list(writes.items())
+        records = []
+        for start in range(0, len(items), self.BLOCK_ENTRIES):
+            key = block_id if start == 0 else f"{block_id}#{start // self.BLOCK_ENTRIES}"
+            entries = dict(items[start:start + self.BLOCK_ENTRIES])
+            records.append((key.encode(), json.dumps({"at": at, "entries": entries}).encode()))
+        return records
+
     def fold(self, key: bytes, record: Any) -> None:
+        block_id = key.decode()
+        self.forget(block_id)
         if record is None:
-            self.entries.pop(key.decode(), None)
-        else:
-            self.entries[key.decode()] = record
+            return
+        try:
+            at, entries = float(record["at"]), dict(record["entries"])
+        except (TypeError, KeyError, ValueError):
+            log.warning("%s: skipping malformed block %r", self.spec.name, key)
+            return
+        self.blocks[block_id] = (at, list(entries))
+        for entry_key, value in entries.items():
+            self.entries[entry_key] = (value, block_id)
+
+    def forget(self, block_id: str) -> None:
+        """Drop a block and the entries it was the latest writer of."""
+        _, keys = self.blocks.pop(block_id, (0.0, []))
+        for key in keys:
+            if self.entries.get(key, (None, None))[1] == block_id:
+                del self.entries[key]
 
     def get(self, key: str) -> Any:
-        return self.entries.get(key)
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
 
-    async def put(self, key: str, value: Any) -> None:
-        self.entries[key] = value
-        await self.producer().send(self.spec.name, key.encode(), json.dumps(value).encode(), None, None, None)
-
-    async def delete(self, key: str) -> None:
-        self.entries.pop(key, None)
-        await self.producer().send(self.spec.name, key.encode(), None, None, None, None)
-
-    async def purge(self, older_than: float, written_at: Callable[[Any], float]) -> int:
-        """Tombstone every entry written before `older_than` (epoch seconds); keeps memory bounded."""
-        stale = [key for key, value in self.entries.items() if written_at(value) < older_than]
-        for key in stale:
-            await self.delete(key)
+    async def purge(self) -> int:
+        """Tombstone every block older than the TTL; returns how many."""
+        older_than = time.time() - self.ttl_s
+        stale = [block_id for block_id, (at, _) in self.blocks.items() if at < older_than]
+        for block_id in stale:
+            self.forget(block_id)
+            await self.producer().send(self.spec.name, block_id.encode(), None, None, None, None)
         return len(stale)
 
     def __len__(self) -> int:

@@ -21,6 +21,9 @@ class TopicSpec:
     schemas: tuple[str, ...]
     doc: str
     compacted: bool = False
+    # Internal topics between stages carry RecordBundle messages (many records each); public ones
+    # (what outside services produce or read) keep one record per message.
+    bundled: bool = False
 
 
 def deliver_topic(channel: str, high: bool = False) -> str:
@@ -33,12 +36,12 @@ def retry_topic(delay_s: int) -> str:
 
 REQUESTS = TopicSpec("herald.requests", ("NotificationRequest", "NotificationBatch"),
                      "business services and the gateway produce; ingest consumes")
-ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes")
-VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes")
-RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes")
+ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes", bundled=True)
+VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True)
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
-EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes")
+EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True)
 TEMPLATES = TopicSpec("herald.templates", ("TemplateUpserted",),
                       "`herald templates put` produces; the template table folds it", compacted=True)
 PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),
@@ -48,13 +51,15 @@ IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
 DELIVER = tuple(
-    TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes")
+    TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes",
+              bundled=True)
     for channel in CHANNELS
     for high in (False, True)
 )
 DELIVER_BY_NAME = {spec.name: spec for spec in DELIVER}
 RETRY = tuple(
-    TopicSpec(retry_topic(delay), ("DeliveryTask",), "deliver produces failed attempts; deliver consumes when due")
+    TopicSpec(retry_topic(delay), ("DeliveryTask",), "deliver produces failed attempts; deliver consumes when due",
+              bundled=True)
     for delay in RETRY_DELAYS_S
 )
 
@@ -65,9 +70,10 @@ CATALOG: tuple[TopicSpec, ...] = (
 
 
 def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
+    size = {"max.message.bytes": str(settings.max_message_bytes + 1024)}
     if spec.compacted:
-        return {"cleanup.policy": "compact", "min.compaction.lag.ms": "0"}
-    return {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms)}
+        return {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **size}
+    return {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms), **size}
 
 
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:

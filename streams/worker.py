@@ -1,19 +1,11 @@
-"""Running one stage as a Faust worker."""
+"""Running one declared stage as a Faust worker."""
 
-import importlib
 import logging
 
 from faust import Worker
 
-# Stage name → the module whose import defines its Faust agents and services.
-STAGES = {
-    "ingest": "agents.ingest",
-    "validate": "agents.validate",
-    "template": "agents.template",
-    "route": "agents.route",
-    "deliver": "agents.deliver",
-    "track": "agents.track",
-}
+from streams.runtime import StageRuntime
+from streams.settings import get_settings
 
 
 class StageWorker(Worker):
@@ -24,5 +16,7 @@ class StageWorker(Worker):
 
 
 def run_stage(name: str, loglevel: str) -> None:
-    module = importlib.import_module(STAGES[name])
-    StageWorker(module.stage.app, *module.stage.services, loglevel=loglevel, quiet=True).execute_from_commandline()
+    from agents.registry import STAGES  # late: the registry imports every stage and its libraries
+
+    runtime = StageRuntime(STAGES[name], get_settings())
+    StageWorker(runtime.app, *runtime.services, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -3,6 +3,8 @@
 Prints ARCHITECTURE.md's benchmark contract. `lost` and `duplicates` come from what the mailbox
 actually received; `raw_hop_per_s` is measured in the same run, before the pipeline load, on a plain
 aiokafka consume → fastavro decode → encode → produce loop: the ceiling one stage could reach.
+`cpu_us_per_notification_by_stage` splits `cpu_us_per_notification` between the stage workers and
+the gateway, named after their command lines.
 """
 
 import asyncio
@@ -11,6 +13,7 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from schemas.serde import default_serde
 from sinks.clickhouse_client import connect
 from streams.ids import notification_id
-from tooling.local import mailbox_dir
+from tooling.local import mailbox_dir, running_pid
 from tooling.mailbox import RECEIPTS, Receipt
 from tooling.producer import publish
 from streams.settings import Settings
@@ -64,30 +67,55 @@ class Mailbox:
                     self.first_seen[receipt.notification_id] = receipt.received_ms
 
 
-def herald_pids() -> list[int]:
-    """Herald's own long-running processes: the stage workers and the gateway."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+def process_role(argv: list[str]) -> str | None:
+    """What a `herald` process runs, from its command line: the stage after `--stage` (as
+    tooling/processes.py's stage_command writes it), or `gateway`; None for anything else, such as the
+    `--stage all` supervisor, which only waits."""
+    if "tooling.cli" not in argv:
+        return None
+    if "worker" in argv and "--stage" in argv[:-1]:
+        stage = argv[argv.index("--stage") + 1]
+        return None if stage == "all" else stage
+    return "gateway" if "gateway" in argv else None
+
+
+def herald_processes(settings: Settings) -> dict[int, str]:
+    """The stage workers and the gateway that `herald up` started for this data directory (the pid
+    files' processes and their children, so not those of another stack on the machine), pid → role,
+    in pid order: the order they were started in, so the stages come in flow order."""
+    started = {pid for name in ("workers", "gateway") if (pid := running_pid(settings, name)) is not None}
+    processes = {}
+    for pid in sorted(int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()):
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         except OSError:
             continue
-        if b"tooling.cli" in cmdline and (b"worker" in cmdline or b"gateway" in cmdline) and b"all" not in cmdline:
-            pids.append(int(entry.name))
-    return pids
+        if (pid in started or parent in started) and (role := process_role(argv)):
+            processes[pid] = role
+    return processes
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def cpu_seconds(pids: Iterable[int]) -> dict[int, float]:
+    """utime + stime so far of each process of `pids` still running."""
+    seconds = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
         except OSError:
             continue
-    return total / CLOCK_TICKS
+        seconds[pid] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return seconds
+
+
+def cpu_by_role(processes: dict[int, str], before: dict[int, float], after: dict[int, float]) -> dict[str, float]:
+    """CPU seconds each role used between the two readings, summed over its processes; a process
+    missing from either reading (it exited) counts for nothing rather than for a negative."""
+    used = dict.fromkeys(processes.values(), 0.0)
+    for pid, role in processes.items():
+        if pid in before and pid in after:
+            used[role] += after[pid] - before[pid]
+    return used
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -213,8 +241,8 @@ async def run_bench(settings: Settings, n: int, rate: float | None, channels: li
     run = uuid.uuid4()
     mailbox = Mailbox(mailbox_dir(settings) / RECEIPTS)
     mailbox.skip_existing()
-    pids = herald_pids()
-    cpu_before = cpu_seconds(pids)
+    processes = herald_processes(settings)
+    cpu_before = cpu_seconds(processes)
     started_ms = time.time() * 1000
     requested = await produce_requests(settings, run, n, rate, channels)
     wanted = set(requested)
@@ -228,12 +256,16 @@ async def run_bench(settings: Settings, n: int, rate: float | None, channels: li
                 progress(last_count, n)
     await asyncio.sleep(0.5)
     mailbox.poll(wanted)  # late duplicates
-    cpu = cpu_seconds(pids) - cpu_before
+    cpu = cpu_by_role(processes, cpu_before, cpu_seconds(processes))
     delivered = len(mailbox.first_seen)
     wall_s = (max(mailbox.first_seen.values(), default=started_ms) - started_ms) / 1000
     latencies = [received - requested[nid] for nid, received in mailbox.first_seen.items()]
     await asyncio.sleep(settings.sink_flush_seconds + 2)  # the sink's last batch
     rows, stages = stage_figures(settings, f"bench-{run.hex[:8]}")
+
+    def per_notification(cpu_s: float) -> float:
+        return round(cpu_s * 1e6 / delivered, 1) if delivered else 0.0
+
     return {
         "notifications": n,
         "delivered": delivered,
@@ -242,8 +274,9 @@ async def run_bench(settings: Settings, n: int, rate: float | None, channels: li
         "throughput_per_s": round(delivered / wall_s, 1) if wall_s > 0 else 0.0,
         "latency_ms": quantiles(latencies),
         "raw_hop_per_s": round(raw_per_s, 1),
-        "cpu_us_per_notification": round(cpu * 1e6 / delivered, 1) if delivered else 0.0,
+        "cpu_us_per_notification": per_notification(sum(cpu.values())),
+        "cpu_us_per_notification_by_stage": {role: per_notification(seconds) for role, seconds in cpu.items()},
         "clickhouse_rows": rows,
-        "worker_rss_mb": round(rss_mb(pids), 1),
+        "worker_rss_mb": round(rss_mb(list(processes)), 1),
         "stages": stages,
     }

@@ -8,11 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tooling.processes import run_stage_processes
 from streams.settings import get_settings
-from streams.worker import STAGES, run_stage
+from agents.registry import STAGES
+from streams.worker import run_stage
 from streams.topics import PREFERENCES, TEMPLATES
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
@@ -89,10 +91,14 @@ def mailbox() -> None:
 @app.command()
 def up() -> None:
     """Start Kafka, ClickHouse, the mailbox, the workers and the gateway in the background."""
-    from tooling.local import up as start_stack
+    from tooling.local import NotReady, up as start_stack
 
-    with console.status("starting Herald…") as status:
-        start_stack(get_settings(), lambda line: (console.print(f"[green]✓[/] {line}"), status.update(line)))
+    try:
+        with console.status("starting Herald…") as status:
+            start_stack(get_settings(), lambda line: (console.print(f"[green]✓[/] {line}"), status.update(line)))
+    except NotReady as exc:
+        console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -213,8 +219,35 @@ def report(
 
 
 
+def wait_settled(ids: list[str], timeout: float, quiet: float = 10) -> list[str]:
+    """Poll ClickHouse until every notification of `ids` is settled (sinks.queries.settled), or no new
+    event arrived for `quiet` seconds, or `timeout` passed; returns the ids not settled."""
+    import time
+
+    from sinks.clickhouse_client import connect
+    from sinks.queries import settled, statuses
+
+    client = connect(get_settings())
+    deadline = time.monotonic() + timeout
+    events, changed = 0, time.monotonic()
+    while True:
+        found = statuses(client, ids)
+        pending = [nid for nid in ids if not settled(found.get(nid, {}))]
+        now = time.monotonic()
+        count = sum(len(reached) for by_channel in found.values() for reached in by_channel.values())
+        if count > events:
+            events, changed = count, now
+        # A status no stage follows up on (a channel no deliver agent reads yet) never settles.
+        if not pending or now >= deadline or (events and now - changed >= quiet):
+            return pending
+        time.sleep(0.5)
+
+
 @app.command()
-def demo(batch: Annotated[Path, typer.Argument(exists=True, help="JSON NotificationBatch to send.")]) -> None:
+def demo(
+    batch: Annotated[Path, typer.Argument(exists=True, help="JSON NotificationBatch to send.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait at most for the batch's events in ClickHouse.")] = 60,
+) -> None:
     """Send a batch through the gateway, wait for it to play out, and show where everything is."""
     import time
 
@@ -230,8 +263,13 @@ def demo(batch: Annotated[Path, typer.Argument(exists=True, help="JSON Notificat
     response.raise_for_status()
     ids = response.json()["notification_ids"]
     console.print(f"[green]✓[/] batch accepted: {len(ids)} notifications")
-    with console.status("waiting for the pipeline…"):
-        time.sleep(8)
+    with console.status(f"waiting (up to {wait:.0f} s) for the batch's lifecycle events in ClickHouse…"):
+        pending = wait_settled(ids, wait)
+    if pending:
+        console.print(f"[yellow]![/] {len(pending)} of {len(ids)} notifications not at a final status yet "
+                      f"(e.g. herald status {pending[0]}); the report shows what arrived")
+    else:
+        console.print(f"[green]✓[/] all {len(ids)} notifications at a final status")
     mail = mailbox_dir(settings) / "messages"
     console.print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
     console.print(f"mail        {mail}  ({len(list(mail.glob('*.eml')))} messages)")

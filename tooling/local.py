@@ -5,6 +5,7 @@ workers and the gateway are Herald's own processes, with pid files in <data_dir>
 <data_dir>/logs.
 """
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,20 +15,55 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 
 from streams.settings import REPO_ROOT, Settings
 
 SCRIPTS = REPO_ROOT / "deploy" / "local"
 HERALD_PROCESSES = ("mailbox", "workers", "gateway")
-WORKER_GROUPS = ("herald-ingest", "herald-validate", "herald-template", "herald-route", "herald-deliver",
-                 "herald-clickhouse-sink")
+# One readiness probe must not outlast the wait loop's pace (kafka-python waits 30 s by default).
+PROBE_TIMEOUT_MS = 5000
+
+T = TypeVar("T")
+
+
+class NotReady(RuntimeError):
+    """A piece of the local stack did not come up; the message says what was awaited and where the logs are."""
+
+
+def not_ready_yet(exc: Exception) -> bool:
+    """True when `exc` only means a server is still coming up, so the answer is to ask again later.
+
+    kafka-python marks those errors retriable: a brand-new broker has no group coordinator until the
+    first FindCoordinator creates __consumer_offsets (CoordinatorNotAvailable), a coordinator loads
+    its groups after a restart (CoordinatorLoadInProgress, NotCoordinator), a node or the controller
+    is not ready, a connection is refused or times out. ClickHouse: network errors and timeouts.
+    """
+    if isinstance(exc, KafkaError):
+        return exc.retriable
+    return isinstance(exc, (OSError, NetworkError, SocketTimeoutError))
 
 
 def herald(*args: str) -> list[str]:
     return [sys.executable, "-m", "tooling.cli", *args]
+
+
+def stage_names() -> list[str]:
+    from agents.registry import STAGES  # late: the registry imports every stage's libraries
+
+    return list(STAGES)
+
+
+def worker_groups(settings: Settings) -> list[str]:
+    """Every stage's consumer group, from the stage registry."""
+    from agents.registry import STAGES
+
+    return [spec.group_id(settings) for spec in STAGES.values()]
 
 
 def port_open(host: str, port: int) -> bool:
@@ -46,14 +82,23 @@ def gateway_healthy(settings: Settings) -> bool:
 
 
 def workers_ready(settings: Settings) -> bool:
-    """Every stage's consumer group has a member and a settled assignment."""
+    """Every stage's consumer group has a member and a settled assignment.
+
+    False, not an error, while the broker cannot tell yet (see not_ready_yet).
+    """
     logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot parse Faust's member metadata
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-up")
     try:
-        groups = admin.describe_groups(list(WORKER_GROUPS))
-        return all(group["group_state"] == "Stable" and group["members"] for group in groups.values())
-    finally:
-        admin.close()
+        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-up",
+                                 bootstrap_timeout_ms=PROBE_TIMEOUT_MS, request_timeout_ms=PROBE_TIMEOUT_MS)
+        try:
+            groups = admin.describe_groups(worker_groups(settings))
+        finally:
+            admin.close()
+    except Exception as exc:
+        if not_ready_yet(exc):
+            return False
+        raise
+    return all(group["group_state"] == "Stable" and group["members"] for group in groups.values())
 
 
 def pid_file(settings: Settings, name: str) -> Path:
@@ -64,6 +109,10 @@ def running_pid(settings: Settings, name: str) -> int | None:
     path = pid_file(settings, name)
     try:
         pid = int(path.read_text())
+        # A child of this very process (a test that ran start_herald itself) lingers as a zombie,
+        # which kill(pid, 0) still finds, until its exit status is collected.
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
         os.kill(pid, 0)
         return pid
     except (FileNotFoundError, ValueError, ProcessLookupError):
@@ -71,18 +120,41 @@ def running_pid(settings: Settings, name: str) -> int | None:
         return None
 
 
-def wait_until(ready: Callable[[], bool], timeout: float, what: str, log: Path | None = None) -> None:
+def log_tail(log: Path) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.is_file() else ""
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    """Return once `ready()`; NotReady after `timeout` seconds, naming `what` was awaited and the log."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready():
             return
         time.sleep(0.5)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log and log.exists() else ""
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s\n{tail}")
+    raise NotReady(f"gave up after {timeout:.0f}s waiting for {what}; logs: {log}\n{log_tail(log)}")
 
 
-def start_process(settings: Settings, name: str, command: list[str], ready: Callable[[], bool], timeout: float) -> None:
-    """Start `command` in the background unless it runs already; return once `ready()`."""
+def retry_until_ready(action: Callable[[], T], timeout: float, what: str, logs: Path) -> T:
+    """`action()`, tried again while it fails only because a server is still coming up (not_ready_yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return action()
+        except Exception as exc:
+            if not not_ready_yet(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise NotReady(f"gave up after {timeout:.0f}s waiting for {what} (last error: {exc}); "
+                               f"logs in {logs}") from exc
+        time.sleep(1)
+
+
+def start_process(settings: Settings, name: str, command: list[str], ready: Callable[[], bool], timeout: float,
+                  what: str) -> None:
+    """Start `command` in the background unless it runs already; return once `ready()`.
+
+    `what` says what `ready` waits for, for the message when it never comes.
+    """
     log = settings.data_dir / "logs" / f"{name}.log"
     if running_pid(settings, name) is None:
         for directory in (log.parent, pid_file(settings, name).parent):
@@ -91,7 +163,13 @@ def start_process(settings: Settings, name: str, command: list[str], ready: Call
             process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, start_new_session=True)
         pid_file(settings, name).write_text(str(process.pid))
-    wait_until(ready, timeout, name, log)
+
+    def ready_while_running() -> bool:
+        if running_pid(settings, name) is None:  # no use waiting out the timeout
+            raise NotReady(f"{name} exited while starting; logs: {log}\n{log_tail(log)}")
+        return ready()
+
+    wait_until(ready_while_running, timeout, f"{name}: {what}", log)
 
 
 def stop_process(settings: Settings, name: str, timeout: float = 30) -> bool:
@@ -118,7 +196,8 @@ def mailbox_dir(settings: Settings) -> Path:
 
 
 def start_mailbox(settings: Settings) -> None:
-    start_process(settings, "mailbox", herald("mailbox"), lambda: port_open(settings.smtp_host, settings.smtp_port), 30)
+    start_process(settings, "mailbox", herald("mailbox"), lambda: port_open(settings.smtp_host, settings.smtp_port), 30,
+                  f"SMTP connections accepted on {settings.smtp_host}:{settings.smtp_port}")
 
 
 def start_herald(settings: Settings, say: Callable[[str], None]) -> list[str]:
@@ -126,9 +205,11 @@ def start_herald(settings: Settings, say: Callable[[str], None]) -> list[str]:
     started = [name for name in HERALD_PROCESSES if running_pid(settings, name) is None]
     start_mailbox(settings)
     say(f"mailbox (SMTP) on {settings.smtp_host}:{settings.smtp_port}, mail in {mailbox_dir(settings)}")
-    start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180)
-    say("workers: ingest, validate, template, route, deliver, track")
-    start_process(settings, "gateway", herald("gateway"), lambda: gateway_healthy(settings), 60)
+    start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180,
+                  f"every stage's consumer group Stable with members, on Kafka {settings.kafka_bootstrap}")
+    say(f"workers: {', '.join(stage_names())}")
+    start_process(settings, "gateway", herald("gateway"), lambda: gateway_healthy(settings), 60,
+                  f"http://{settings.gateway_host}:{settings.gateway_port}/health to answer 200")
     say(f"gateway on http://{settings.gateway_host}:{settings.gateway_port}")
     return started
 
@@ -139,8 +220,14 @@ def up(settings: Settings, say: Callable[[str], None]) -> None:
 
     infrastructure("start")
     say("Kafka and ClickHouse are up")
-    create_topics(settings)
-    migrate_up(settings)
+    # The scripts return once a server answers; its first requests may still fail for a moment.
+    retry_until_ready(lambda: create_topics(settings), 60, f"Kafka {settings.kafka_bootstrap} to create the topics",
+                      settings.data_dir / "kafka" / "logs")
+    # A refused connection is expected here for a moment: not worth clickhouse-driver's traceback.
+    logging.getLogger("clickhouse_driver.connection").setLevel(logging.ERROR)
+    retry_until_ready(lambda: migrate_up(settings), 60,
+                      f"ClickHouse {settings.clickhouse_host}:{settings.clickhouse_port} to run the migrations",
+                      settings.data_dir / "clickhouse" / "logs")
     say("topics and tables are in place")
     start_herald(settings, say)
 

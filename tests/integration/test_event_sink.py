@@ -11,6 +11,7 @@ from clickhouse_driver import Client
 from kafka import KafkaProducer
 
 from schemas.serde import AvroSerde
+from agents.track import TRACK
 from sinks.event_sink import EventSink
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import EVENTS
@@ -46,7 +47,7 @@ def count(clickhouse: Client, tenant: str) -> int:
 
 @pytest.fixture
 async def sink(settings: Settings, kafka: str, clickhouse: Client) -> AsyncIterator[EventSink]:
-    service = EventSink(settings)
+    service = EventSink(settings, TRACK.group_id(settings))
     await service.start()
     yield service
     await service.stop()

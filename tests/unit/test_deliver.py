@@ -10,7 +10,7 @@ import pytest
 from agents import deliver
 from agents.channels.base import Outcome, Result
 from agents.deliver import delivered_key, due_in_s, retry_delay_s
-from agents.stage import lifecycle_event
+from streams.stage import lifecycle_event
 from schemas.serde import default_serde
 from streams.topics import RETRY_DELAYS_S
 from tests.unit import records

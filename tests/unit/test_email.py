@@ -27,11 +27,11 @@ SETTINGS = Settings(email_from="Herald <noreply@herald.test>", email_domain="mai
 
 def received(task: dict[str, Any]) -> EmailMessage:
     """The message as the SMTP server will parse it."""
-    return email.message_from_bytes(build_message(task, SETTINGS).as_bytes(), policy=default_policy)  # type: ignore[return-value]
+    return email.message_from_bytes(build_message(task, SETTINGS), policy=default_policy)  # type: ignore[return-value]
 
 
 def test_message_headers() -> None:
-    message = build_message(records.delivery_task(), SETTINGS)
+    message = received(records.delivery_task())
     assert message["From"] == "Herald <noreply@herald.test>"
     assert message["To"] == "alice@example.com"
     assert message["Subject"] == "Hello Alice"
@@ -40,9 +40,9 @@ def test_message_headers() -> None:
 
 
 def test_message_id_is_the_idempotency_key() -> None:
-    first = build_message(records.delivery_task(attempt=0), SETTINGS)
-    retry = build_message(records.delivery_task(attempt=3), SETTINGS)
-    other = build_message(records.delivery_task(notification_id=uuid.UUID(int=5)), SETTINGS)
+    first = received(records.delivery_task(attempt=0))
+    retry = received(records.delivery_task(attempt=3))
+    other = received(records.delivery_task(notification_id=uuid.UUID(int=5)))
     assert first["Message-ID"] == retry["Message-ID"]
     assert first["Message-ID"] != other["Message-ID"]
     assert message_id(records.NOTIFICATION_ID, "x.test") == f"<{records.NOTIFICATION_ID}@x.test>"
@@ -248,3 +248,15 @@ async def test_newline_in_subject_gives_an_outcome(smtp_server: tuple[Mailbox, i
     for _, rcpt_tos, raw in mailbox.received:  # if sent, then with no injected header
         assert rcpt_tos == ["alice@example.com"]
         assert parse(raw)["Bcc"] is None
+
+
+def test_long_unicode_subject_and_multiline_bodies_round_trip() -> None:
+    subject = "Olá ✓ " * 40
+    text = "Obrigado, João ✓\n" * 100
+    html = "<p>✓ & más</p>\n" * 100
+    parsed = received(records.delivery_task(content=records.content(subject=subject, text=text, html=html)))
+    assert parsed["Subject"] == " ".join(subject.split())
+    plain, rich = parsed.iter_parts()
+    assert plain.get_content() == text
+    assert rich.get_content() == html
+    assert all(len(line) <= 998 for line in build_message(records.delivery_task(), SETTINGS).split(b"\r\n"))

@@ -6,7 +6,7 @@ parts these manifests use, and stricter than kustomize in one way: a patch that 
 fails. Where a `kustomize` or `kubectl` binary is on PATH, `test_renderer_agrees_with_kustomize`
 checks that the real tool renders exactly the same objects.
 
-Every expectation comes from the code: the stages (streams.worker.STAGES), their consumer groups
+Every expectation comes from the code: the stages (agents.registry.STAGES), their consumer groups
 and input topics (the stage modules' Faust apps, sinks.event_sink), the topic catalog and its
 config (streams.topics), and the settings (streams.settings.Settings).
 """
@@ -25,12 +25,11 @@ from typing import Any
 import pytest
 import yaml
 
-from sinks.event_sink import GROUP_ID as SINK_GROUP_ID
 from sinks.event_sink import PROJECTIONS, EventSink
-from tooling.local import WORKER_GROUPS
+from tooling.local import worker_groups
 from streams.settings import REPO_ROOT, Settings
 from streams.topics import CATALOG, RETRY, topic_config
-from streams.worker import STAGES
+from agents.registry import STAGES
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
@@ -300,15 +299,10 @@ def quantity(value: str | int | float) -> float:
 
 @cache
 def stage_inputs(stage: str) -> tuple[str, frozenset[str]]:
-    """The consumer group and the topics whose lag should scale a stage, read off the code."""
-    module = importlib.import_module(STAGES[stage])
-    topics = {t for agent in module.stage.app.agents.values() for t in agent.channel.topics}
-    if topics:
-        # Retry topics hold tasks waiting until due: their lag is by design, not work to scale for.
-        return module.stage.app.conf.id, frozenset(topics - {spec.name for spec in RETRY})
-    # A stage without Faust agents (track) does its work in the ClickHouse sink, a plain consumer.
-    assert any(isinstance(service, EventSink) for service in module.stage.services), stage
-    return SINK_GROUP_ID, frozenset(PROJECTIONS)
+    """The consumer group and the topics whose lag should scale a stage, read off the registry."""
+    spec = STAGES[stage]
+    # Retry topics hold tasks waiting until due: their lag is by design, not work to scale for.
+    return spec.group_id(Settings()), frozenset(t.name for t in spec.inputs) - {t.name for t in RETRY}
 
 
 @pytest.fixture(params=list(VARIANTS))
@@ -453,7 +447,7 @@ def test_each_stage_scales_on_its_own_input_topics_and_group(rendered: list[Obj]
         # More consumers than partitions would sit idle.
         assert 1 <= obj["spec"]["minReplicaCount"] <= obj["spec"]["maxReplicaCount"] <= settings.topic_partitions
         groups.add(group)
-    assert groups == set(WORKER_GROUPS)
+    assert groups == set(worker_groups(Settings()))
 
 
 def test_kafka_topics_are_the_catalog(rendered: list[Obj]) -> None:

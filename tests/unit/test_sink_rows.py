@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from agents.stage import lifecycle_event
+from streams.stage import lifecycle_event
 from schemas.serde import SCHEMA_DIR, default_serde
 from sinks.event_sink import COLUMNS, EVENTS_PROJECTION, event_to_row, next_offsets
 from tests.unit import records

@@ -1,0 +1,256 @@
+"""The stage runtime: runs a declared stage (streams/stage.py) as Faust agents over its Kafka topics.
+
+Written once for every stage. Per input topic, one Faust agent that:
+
+1. takes a batch of messages (`noack_take`: nothing is acked by Faust itself),
+2. decodes them (one record per message, or a RecordBundle of many); undecodable ones become
+   dead letters,
+3. calls the stage's handler on the batch; if it raises, calls it on each record alone, so a
+   poison record is dead-lettered alone and the rest flows on,
+4. produces every output (bundled per partition on internal topics) and waits until the broker
+   acknowledged each one (acks=all); a failed produce is retried, and past `produce_give_up_s`
+   the worker exits without acking,
+5. acks the batch's messages, so Faust commits their offsets; then applies the state writes.
+
+Per-key order holds: a partition's messages are handled in order, a bundle holds records of one
+output partition in the order they were emitted, and a batch's outputs are acknowledged before the
+next batch is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Awaitable, Iterable
+
+import faust
+from aiokafka.errors import KafkaError
+from faust.exceptions import ProducerSendError
+
+from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
+from streams.app import create_app
+from streams.codec import bundle, chunks, unbundle
+from streams.settings import Settings
+from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
+from streams.tables import FoldedTable, PreferenceTable, StateTable, TemplateTable
+from streams.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+
+
+class ProduceFailed(RuntimeError):
+    """The broker did not acknowledge a stage's outputs in time; the worker must not commit."""
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition of a bundled topic a key goes to. Only Herald produces bundled topics, so it
+    can use a cheap hash of its own (CRC-32) instead of the Java client's murmur2."""
+    return zlib.crc32(key or b"") % partitions
+
+
+class StageRuntime:
+    """One stage's Faust app, its tables and services, and the agent that runs its handler."""
+
+    def __init__(self, spec: StageSpec, settings: Settings, serde: AvroSerde | None = None) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.serde = serde or default_serde()
+        self.app = create_app(settings, spec.app_id(settings))
+        self.context = Context(spec.name, settings, self.serde)
+        self.tables: list[FoldedTable] = []
+        if "templates" in spec.tables:
+            self.context.templates = self.table(TemplateTable(settings, self.serde))
+        if "preferences" in spec.tables:
+            self.context.preferences = self.table(PreferenceTable(settings, self.serde))
+        for state in spec.state:
+            table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
+            self.context.state[state.topic.name] = self.table(table)
+        self.context.services = spec.services(settings) if spec.services else {}
+        if spec.handle is not None:
+            for source in spec.inputs:
+                self.add_agent(source)
+            if self.context.state:
+                self.app.timer(interval=60.0)(self.purge_state)
+
+    @property
+    def services(self) -> list[faust.types.ServiceT]:
+        """What the worker starts beside the app: folded tables, provider adapters, a sink."""
+        return [*self.tables, *self.context.services.values()]
+
+    def table(self, table: FoldedTable) -> FoldedTable:
+        self.tables.append(table)
+        return table
+
+    def add_agent(self, source: TopicSpec) -> None:
+        channel = self.app.topic(source.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                 value_serializer="raw")
+
+        async def consume(stream: faust.StreamT) -> None:
+            for table in self.tables:
+                await table.wait_ready()
+            async for events in stream.noack_take(self.settings.stage_batch_max,
+                                                  within=self.settings.stage_batch_within_s):
+                await self.process(source, events)
+                for event in events:
+                    await stream.ack(event)
+
+        consume.__name__ = consume.__qualname__ = f"{self.spec.name}_{source.name.replace('.', '_')}"
+        self.app.agent(channel, name=f"{self.spec.name}-{source.name}")(consume)
+
+    async def process(self, source: TopicSpec, events: list[faust.EventT]) -> None:
+        """Decode, handle, produce and wait for the broker; the caller acks only after this returns.
+
+        The records go to the handler in chunks, each chunk's outputs in Kafka before the next.
+        """
+        out = self.context.outputs()
+        batch = self.decode(source, events, out)
+        await self.emit(out, "")
+        chunk = getattr(self.settings, self.spec.chunk_setting)
+        for start in range(0, len(batch), chunk):
+            await self.emit(await self.handle(batch[start:start + chunk]), batch[start].position)
+
+    async def emit(self, out: Outputs, block_id: str) -> None:
+        """Produce a chunk's outputs and state; once acknowledged, fold the state into its tables."""
+        blocks = out.state_blocks(block_id)
+        await self.produce([*out.records, *blocks])
+        for block in blocks:
+            table = self.context.state[block.topic.name]
+            table.fold(block.key or b"", table.decode(block.value or b"null"))
+
+    def decode(self, source: TopicSpec, events: Iterable[faust.EventT], out: Outputs) -> list[Incoming]:
+        batch: list[Incoming] = []
+        for event in events:
+            message = event.message
+            headers = dict(message.headers or {})
+            if source.bundled:
+                try:
+                    records = unbundle(self.serde, message.value)
+                except SchemaDecodeError as exc:
+                    out.dead_letter(None, "undecodable", str(exc), topic=message.topic, key=message.key,
+                                    value=message.value, partition=message.partition, offset=message.offset,
+                                    headers=headers)
+                    continue
+            else:
+                records = [(message.key, message.value)]
+            for index, (key, value) in enumerate(records):
+                where = dict(topic=message.topic, partition=message.partition, offset=message.offset,
+                             index=index if source.bundled else -1, headers=headers)
+                try:
+                    schema, record = self.decode_value(source, value)
+                except SchemaDecodeError as exc:
+                    out.dead_letter(None, "undecodable", str(exc), key=key, value=value,
+                                    topic=message.topic, partition=message.partition, offset=message.offset,
+                                    headers=headers)
+                    continue
+                batch.append(Incoming(key=key, value=record, schema=schema, raw=value, **where))
+        return batch
+
+    def decode_value(self, source: TopicSpec, value: bytes | None) -> tuple[str, dict]:
+        if value is None:
+            raise SchemaDecodeError("empty message (no value)")
+        if len(source.schemas) == 1:
+            return source.schemas[0], self.serde.decode(value, source.schemas[0])
+        return self.serde.decode_any(value, source.schemas)
+
+    async def handle(self, batch: list[Incoming]) -> Outputs:
+        """The handler's outputs for the batch; a record that makes it raise is dead-lettered alone."""
+        try:
+            return await self.call(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                return self.poison(batch[0], exc)
+            log.warning("%s: a batch of %d failed; handling its records one by one", self.spec.name, len(batch))
+        out = self.context.outputs()
+        try:
+            for record in batch:
+                self.context.carried_state = out.state
+                try:
+                    out.extend(await self.call([record]))
+                except Exception as exc:
+                    out.extend(self.poison(record, exc))
+        finally:
+            self.context.carried_state = {}
+        return out
+
+    async def call(self, batch: list[Incoming]) -> Outputs:
+        assert self.spec.handle is not None
+        result = self.spec.handle(batch, self.context)
+        return await result if inspect.isawaitable(result) else result
+
+    def poison(self, record: Incoming, exc: Exception) -> Outputs:
+        log.exception("%s: failed on %s", self.spec.name, record.position)
+        out = self.context.outputs()
+        notification_id = record.value.get("notification_id") if isinstance(record.value, dict) else None
+        out.dead_letter(record, "processing_error", f"{type(exc).__name__}: {exc}", notification_id=notification_id)
+        return out
+
+    def messages(self, records: Iterable[Outgoing]) -> list[tuple[str, bytes | None, bytes | None, int | None]]:
+        """Kafka messages for the outputs: bundled per partition on internal topics, as they are elsewhere."""
+        messages: list[tuple[str, bytes | None, bytes | None, int | None]] = []
+        grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        for record in records:
+            if record.topic.bundled and record.value is not None:
+                partition = partition_for(record.key, self.settings.topic_partitions)
+                grouped[(record.topic.name, partition)].append((record.key, record.value))
+            else:
+                messages.append((record.topic.name, record.key, record.value, None))
+        for (topic, partition), keyed in grouped.items():
+            for chunk in chunks(keyed, self.settings.bundle_max_records, self.settings.max_record_bytes):
+                messages.append((topic, chunk[0][0], bundle(self.serde, chunk), partition))
+        return messages
+
+    async def produce(self, records: list[Outgoing]) -> None:
+        """Send every output and wait for the broker's acknowledgement of each; retry what failed."""
+        pending = self.messages(records)
+        deadline = time.monotonic() + self.settings.produce_give_up_s
+        delay = 0.5
+        while pending:
+            pending = await self.send_all(pending)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                error = ProduceFailed(f"{self.spec.name}: {len(pending)} message(s) not acknowledged by the broker "
+                                      f"in {self.settings.produce_give_up_s:.0f}s; exiting without committing")
+                await self.app.crash(error)
+                raise error
+            log.warning("%s: %d message(s) not acknowledged; retrying in %.1fs", self.spec.name, len(pending), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def send_all(self, messages: list[tuple[str, bytes | None, bytes | None, int | None]]) -> list:
+        """Send, then wait for every acknowledgement; returns the messages that failed."""
+        producer = self.app.producer
+        futures: list[Awaitable | BaseException] = []
+        for topic, key, value, partition in messages:
+            try:
+                futures.append(await producer.send(topic, key, value, partition, None, None))
+            except (KafkaError, ProducerSendError) as exc:
+                futures.append(exc)
+        # Send now rather than after the linger time: the batch waits for these acknowledgements.
+        # (flush() does not raise for a failed batch; each future says how its record fared.)
+        await producer.flush()
+        failed = []
+        for message, future in zip(messages, futures):
+            if isinstance(future, BaseException):
+                error: BaseException | None = future
+            else:
+                try:
+                    await future
+                    error = None
+                except (KafkaError, ProducerSendError) as exc:
+                    error = exc
+            if error is not None:
+                log.warning("%s: produce to %s failed: %r", self.spec.name, message[0], error)
+                failed.append(message)
+        return failed
+
+    async def purge_state(self) -> None:
+        for table in self.context.state.values():
+            purged = await table.purge()
+            if purged:
+                log.info("%s: purged %d entries older than %ss from %s", self.spec.name, purged, table.ttl_s,
+                         table.spec.name)

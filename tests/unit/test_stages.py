@@ -1,0 +1,209 @@
+"""Every stage's batch handler, run the way the runtime runs it (streams/runtime.py `StageRuntime.handle`),
+on batches that mix good records, a poison record (one that makes the handler raise) and repeats.
+
+No Kafka: the runtime's Faust app is built but never started; tables are folded by hand.
+"""
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.channels.base import SENT, Outcome, Result
+from agents.deliver import DELIVER_STAGE, delivered_key
+from agents.ingest import INGEST
+from agents.registry import STAGES
+from agents.route import ROUTE
+from agents.template import TEMPLATE
+from agents.validate import VALIDATE
+from schemas.serde import default_serde
+from streams.ids import idempotency_scope
+from streams.runtime import StageRuntime
+from streams.settings import Settings
+from streams.stage import Incoming, Outputs, StageSpec
+from streams.tables import template_key
+from streams.topics import (ACCEPTED, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
+                            RETRY, VALIDATED, deliver_topic, DELIVER_BY_NAME)
+from tests.unit import records
+
+SERDE = default_serde()
+
+
+def runtime(spec: StageSpec, tmp_path: Path) -> StageRuntime:
+    stage = StageRuntime(spec, Settings(data_dir=tmp_path))
+    if stage.context.templates is not None:
+        stage.context.templates.fold(template_key("welcome", "en", 1), records.template())
+    return stage
+
+
+def incoming(value: dict[str, Any], schema: str, topic: str, offset: int, key: bytes = b"k") -> Incoming:
+    try:
+        raw = SERDE.encode(schema, value)
+    except Exception:  # a poison record: what it was on the wire does not matter here
+        raw = b"poison"
+    return Incoming(key=key, value=value, schema=schema, topic=topic, partition=0, offset=offset, raw=raw)
+
+
+def notification_ids(out: Outputs, topic: Any) -> list[uuid.UUID]:
+    return [record["notification_id"] for record in out.of(topic)]
+
+
+def poison(record: dict[str, Any]) -> dict[str, Any]:
+    """The record without a field the handler reads: a bug's KeyError, not a decode error."""
+    return {k: v for k, v in record.items() if k not in ("recipient", "tenant")}
+
+
+def test_the_registry_lists_every_stage_in_flow_order() -> None:
+    assert list(STAGES) == ["ingest", "validate", "template", "route", "deliver", "track"]
+    for spec in STAGES.values():
+        assert spec.inputs and spec.doc
+
+
+async def test_ingest_batch_with_a_poison_record_and_repeated_keys(tmp_path: Path) -> None:
+    stage = runtime(INGEST, tmp_path)
+    seen = stage.context.state[IDEMPOTENCY_KEYS.name]
+    seen.fold(b"earlier-block", {"at": 1e12, "entries": {idempotency_scope("acme", "old"): "herald.requests/0/1"}})
+    batch = [
+        incoming(records.request(idempotency_key="a"), "NotificationRequest", REQUESTS.name, 10),
+        incoming(poison(records.request()), "NotificationRequest", REQUESTS.name, 11),
+        incoming(records.request(idempotency_key="a"), "NotificationRequest", REQUESTS.name, 12),  # repeat in batch
+        incoming(records.request(idempotency_key="old"), "NotificationRequest", REQUESTS.name, 13),  # seen before
+        incoming(records.request(), "NotificationRequest", REQUESTS.name, 14),
+    ]
+    out = await stage.handle(batch)
+    accepted = out.of(ACCEPTED)
+    assert [n["idempotency_key"] for n in accepted] == ["a", None]
+    assert [e["status"] for e in out.of(EVENTS)] == ["accepted", "accepted"]
+    [letter] = out.of(DLQ)
+    assert (letter["reason_code"], letter["offset"]) == ("processing_error", 11)
+    assert "KeyError" in letter["detail"]
+    # The first request with key "a" is remembered, by its position.
+    [block] = out.state_blocks("herald.requests/0/10")
+    assert block.topic == IDEMPOTENCY_KEYS
+
+
+async def test_ingest_reads_the_same_request_again_after_a_crash(tmp_path: Path) -> None:
+    stage = runtime(INGEST, tmp_path)
+    seen = stage.context.state[IDEMPOTENCY_KEYS.name]
+    seen.fold(b"b", {"at": 1e12, "entries": {idempotency_scope("acme", "a"): "herald.requests/0/10"}})
+    out = await stage.handle([incoming(records.request(idempotency_key="a"), "NotificationRequest", REQUESTS.name, 10)])
+    assert len(out.of(ACCEPTED)) == 1  # same position: not a repeat, it flows on
+
+
+async def test_validate_batch(tmp_path: Path) -> None:
+    stage = runtime(VALIDATE, tmp_path)
+    good = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=1))
+    unknown = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=2), template_id="nope")
+    batch = [incoming(good, "Notification", ACCEPTED.name, 1), incoming(poison(good), "Notification", ACCEPTED.name, 2),
+             incoming(unknown, "Notification", ACCEPTED.name, 3), incoming(good, "Notification", ACCEPTED.name, 4)]
+    out = await stage.handle(batch)
+    assert notification_ids(out, VALIDATED) == [uuid.UUID(int=1)] * 2  # the repeat flows on; later stages dedupe
+    assert [(r["notification_id"], r["reason_code"]) for r in out.of(REJECTED)] == [(uuid.UUID(int=2), "unknown_template")]
+    assert [d["offset"] for d in out.of(DLQ)] == [2]
+
+
+async def test_template_batch(tmp_path: Path) -> None:
+    stage = runtime(TEMPLATE, tmp_path)
+    stage.context.templates.fold(template_key("broken", "en", 1), records.template(
+        "broken", parts=[records.part(text="{{ name.missing.deeper }}")]))
+    good = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=1))
+    broken = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=2), template_id="broken")
+    batch = [incoming(good, "Notification", VALIDATED.name, 1), incoming(broken, "Notification", VALIDATED.name, 2),
+             incoming(poison(good), "Notification", VALIDATED.name, 3)]
+    out = await stage.handle(batch)
+    [rendered] = out.of(RENDERED)
+    assert rendered["rendered"][0]["subject"] == "Hello Alice"
+    assert [r["reason_code"] for r in out.of(REJECTED)] == ["template_error"]
+    assert [d["offset"] for d in out.of(DLQ)] == [3]
+
+
+async def test_route_batch(tmp_path: Path) -> None:
+    stage = runtime(ROUTE, tmp_path)
+    stage.context.preferences.fold(b"user-2", records.preferences(
+        "user-2", opt_outs=[{"category": "*", "channel": "email"}]))
+    good = records.notification(notification_id=uuid.UUID(int=1))
+    urgent = records.notification(notification_id=uuid.UUID(int=3), priority="high")
+    opted_out = records.notification(notification_id=uuid.UUID(int=2), recipient=records.recipient(
+        user_id="user-2", email="bob@example.com"))
+    batch = [incoming(good, "Notification", RENDERED.name, 1), incoming(poison(good), "Notification", RENDERED.name, 2),
+             incoming(opted_out, "Notification", RENDERED.name, 3), incoming(urgent, "Notification", RENDERED.name, 4)]
+    out = await stage.handle(batch)
+    assert notification_ids(out, DELIVER_BY_NAME[deliver_topic("email")]) == [uuid.UUID(int=1)]
+    assert notification_ids(out, DELIVER_BY_NAME[deliver_topic("email", high=True)]) == [uuid.UUID(int=3)]
+    statuses = [(e["notification_id"].int, e["status"]) for e in out.of(EVENTS)]
+    assert statuses == [(1, "routed"), (2, "suppressed"), (3, "routed")]
+    assert [d["offset"] for d in out.of(DLQ)] == [2]
+
+
+class FakeAdapter:
+    """An adapter whose answer depends on the address; deliver's real one is tested in test_email.py."""
+
+    channel, provider = "email", "fake"
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    async def send(self, task: dict[str, Any]) -> Outcome:
+        if task["address"] == "boom@example.com":
+            raise RuntimeError("adapter bug")
+        if task["address"] == "busy@example.com":
+            return Outcome(Result.TRANSIENT, "smtp_450", "busy")
+        if task["address"] == "gone@example.com":
+            return Outcome(Result.PERMANENT, "smtp_550", "no such user")
+        self.sent.append(task["address"])
+        return SENT
+
+
+async def test_deliver_batch(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    adapter = FakeAdapter()
+    stage.context.services = {"email": adapter}
+    delivered = stage.context.state[DELIVERED.name]
+    already = records.delivery_task(notification_id=uuid.UUID(int=9), address="old@example.com")
+    delivered.fold(b"b", {"at": 1e12, "entries": {delivered_key(already): True}})
+
+    def task(n: int, address: str) -> Incoming:
+        value = records.delivery_task(notification_id=uuid.UUID(int=n), address=address)
+        return incoming(value, "DeliveryTask", deliver_topic("email"), n)
+
+    batch = [task(1, "a@example.com"), task(1, "a@example.com"), task(2, "busy@example.com"),
+             task(3, "gone@example.com"), task(4, "boom@example.com"), task(9, "old@example.com")]
+    out = await stage.handle(batch)
+    assert adapter.sent == ["a@example.com"]  # once, though twice in the batch; never the delivered one
+    statuses = sorted((e["notification_id"].int, e["status"]) for e in out.of(EVENTS))
+    assert statuses == [(1, "sent"), (2, "retried"), (3, "failed"), (4, "retried")]
+    retried = [r for spec in RETRY for r in out.of(spec)]
+    assert sorted(r["notification_id"].int for r in retried) == [2, 4]
+    assert all(r["attempt"] == 1 and r["due_at"] is not None for r in retried)
+    [block] = out.state_blocks("x")
+    assert list(delivered.decode(block.value)["entries"]) == [delivered_key(batch[0].value)]
+
+
+async def test_deliver_dead_letters_after_the_last_attempt(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    stage.context.services = {"email": FakeAdapter()}
+    last = stage.settings.delivery_max_attempts - 1
+    value = records.delivery_task(address="busy@example.com", attempt=last)
+    out = await stage.handle([incoming(value, "DeliveryTask", deliver_topic("email"), 1)])
+    assert [e["status"] for e in out.of(EVENTS)] == ["failed", "dead_lettered"]
+    [letter] = out.of(DLQ)
+    assert letter["reason_code"] == "retries_exhausted"
+    assert SERDE.decode(letter["original_value"], "DeliveryTask") == value
+
+
+async def test_deliver_requeues_a_due_retry(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    value = records.delivery_task(attempt=1, due_at=records.REQUESTED_AT, priority="high")
+    out = await stage.handle([incoming(value, "DeliveryTask", RETRY[0].name, 1)])
+    assert out.of(DELIVER_BY_NAME[deliver_topic("email", high=True)]) == [value]
+
+
+@pytest.mark.parametrize("spec", [spec for spec in STAGES.values() if spec.handle is not None], ids=lambda s: s.name)
+async def test_a_batch_that_is_all_poison_is_all_dead_lettered(spec: StageSpec, tmp_path: Path) -> None:
+    stage = runtime(spec, tmp_path)
+    topic = spec.inputs[0]
+    batch = [incoming({"not": "a record"}, topic.schemas[0], topic.name, offset) for offset in range(3)]
+    out = await stage.handle(batch)
+    assert [d["offset"] for d in out.of(DLQ)] == [0, 1, 2]
+    assert len(out) == 3
