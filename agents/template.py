@@ -25,7 +25,11 @@ class RenderError(Exception):
 @lru_cache(maxsize=4096)
 def compiled(source: str, html: bool) -> Template:
     """Parse each template source once; sources are immutable per (id, locale, version)."""
-    return (HTML if html else PLAIN).from_string(source)
+    template = (HTML if html else PLAIN).from_string(source)
+    # A template's globals are a ChainMap over the environment's, which every render copies into a
+    # dict (most of a short render's cost); the environment is never changed after import.
+    template.globals = dict(template.globals)
+    return template
 
 
 def render_part(source: str | None, variables: dict[str, str], html: bool = False) -> str | None:

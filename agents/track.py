@@ -5,13 +5,16 @@ its own consumer group (herald-clickhouse-sink) that commits only after its inse
 docstring for why).
 """
 
-from sinks.event_sink import EventSink
+from typing import Any
+
 from streams.settings import Settings
 from streams.stage import StageSpec
 from streams.topics import DLQ, EVENTS
 
 
-def sink(settings: Settings) -> dict[str, EventSink]:
+def sink(settings: Settings) -> dict[str, Any]:
+    from sinks.event_sink import EventSink  # late: only the track worker needs the ClickHouse client
+
     return {"sink": EventSink(settings, TRACK.group_id(settings))}
 
 

@@ -27,15 +27,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import httpx
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint as _fastavro_fingerprint
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import ValidationError, validate
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "CONFLUENT_MAGIC",
@@ -257,6 +259,8 @@ class SchemaRegistry:
         auth: tuple[str, str] | None = None,
         client: httpx.Client | None = None,
     ) -> None:
+        import httpx  # late: httpx and what it imports cost every process ~10 MB, and most have no registry
+
         self.url = url.rstrip("/")
         self._client = client or httpx.Client(
             base_url=self.url,
@@ -270,6 +274,8 @@ class SchemaRegistry:
         self._lock = threading.Lock()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
         try:
             response = self._client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -17,9 +17,9 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     topic_partitions: int = 4
     topic_replication: int = 1
-    # How long a stage's producer waits to fill a batch: bigger batches cost less CPU per message
-    # (on loopback the kernel does the broker's receive work inside the sender's write).
-    producer_linger_ms: int = 20
+    # How long a stage's producer waits to fill a request. Stages bundle records themselves and wait
+    # for the acknowledgement before the next batch, so lingering would only add latency.
+    producer_linger_ms: int = 0
     # One size limit from the gateway to every producer: the largest Kafka message (key, value and
     # framing) Herald produces; topics are created to accept it. Records are checked against
     # `max_record_bytes`, which leaves room for the message's own overhead.

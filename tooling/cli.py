@@ -13,8 +13,6 @@ from rich.table import Table
 
 from tooling.processes import run_stage_processes
 from streams.settings import get_settings
-from agents.registry import STAGES
-from streams.worker import run_stage
 from streams.topics import PREFERENCES, TEMPLATES
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
@@ -56,10 +54,14 @@ def migrate(
 
 @app.command()
 def worker(
-    stage: Annotated[list[str], typer.Option(help=f"Stage(s) to run: {', '.join(STAGES)} or all.")] = ["all"],
+    stage: Annotated[list[str], typer.Option(help="Stage(s) to run, as named in agents/registry.py, or all.")] = ["all"],
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
 ) -> None:
     """Run one stage as a Faust worker, or all of them, one process each."""
+    # Late: the supervisor of `--stage all` then holds none of the stages' libraries in memory.
+    from agents.registry import STAGES
+    from streams.worker import run_stage
+
     names = list(STAGES) if "all" in stage else stage
     unknown = set(names) - set(STAGES)
     if unknown:
@@ -67,7 +69,6 @@ def worker(
     if len(names) > 1:
         raise typer.Exit(run_stage_processes(names, loglevel))
     run_stage(names[0], loglevel)
-
 
 
 @app.command()
