@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import BaseModel, ValidationError
 
@@ -88,7 +89,8 @@ class Gateway:
         return app
 
     async def on_startup(self, app: web.Application) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=2)
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=2,
+                                         max_request_size=self.settings.max_message_bytes)
         await self.producer.start()
 
     async def on_cleanup(self, app: web.Application) -> None:
@@ -104,11 +106,19 @@ class Gateway:
             return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
         return await handler(request)
 
-    async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID]:
+    async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID] | web.Response:
+        """The ids ingest will stamp, once the broker has the request; else the error response."""
         if request.requested_at is None:
             request.requested_at = datetime.now(timezone.utc)
         value = self.serde.encode(request.AVRO_NAME, request.to_avro())
-        metadata = await self.producer.send_and_wait(REQUESTS.name, value, key=kafka_key(request))
+        key = kafka_key(request)
+        size = len(value) + len(key or b"")
+        if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
+            return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
+        try:
+            metadata = await self.producer.send_and_wait(REQUESTS.name, value, key=key)
+        except KafkaError as exc:  # never a 202 for a request the broker does not have
+            return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}")
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
     async def post_notification(self, request: web.Request) -> web.Response:
@@ -116,6 +126,8 @@ class Gateway:
         if isinstance(parsed, web.Response):
             return parsed
         ids = await self.produce(parsed)
+        if isinstance(ids, web.Response):
+            return ids
         ACCEPTED.labels("single").inc()
         return web.json_response({"notification_id": str(ids[0])}, status=202)
 
@@ -126,6 +138,8 @@ class Gateway:
         if not parsed.recipients:
             return json_error(422, "invalid_request", [{"field": "recipients", "message": "at least one recipient"}])
         ids = await self.produce(parsed)
+        if isinstance(ids, web.Response):
+            return ids
         ACCEPTED.labels("batch").inc(len(ids))
         return web.json_response({"notification_ids": [str(i) for i in ids]}, status=202)
 

@@ -165,7 +165,8 @@ class EventSink(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                                         max_request_size=settings.max_message_bytes)
         await self.producer.start()
         await self.consumer.start()
 

@@ -31,7 +31,7 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
-from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
+from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError, default_serde
 from streams.app import create_app
 from streams.codec import bundle, chunks, unbundle
 from streams.settings import Settings
@@ -106,8 +106,7 @@ class StageRuntime:
 
         The records go to the handler in chunks, each chunk's outputs in Kafka before the next.
         """
-        out = self.context.outputs()
-        batch = self.decode(source, events, out)
+        out, batch = await self.decode_batch(source, events)
         await self.emit(out, "")
         chunk = getattr(self.settings, self.spec.chunk_setting)
         for start in range(0, len(batch), chunk):
@@ -121,6 +120,18 @@ class StageRuntime:
             table = self.context.state[block.topic.name]
             table.fold(block.key or b"", table.decode(block.value or b"null"))
 
+    async def decode_batch(self, source: TopicSpec, events: list[faust.EventT]) -> tuple[Outputs, list[Incoming]]:
+        """Decode the batch; while the schema registry is unreachable, wait: the records may be fine."""
+        delay = 0.5
+        while True:
+            out = self.context.outputs()
+            try:
+                return out, self.decode(source, events, out)
+            except RegistryUnavailableError as exc:
+                log.warning("%s: schema registry unavailable (%s); retrying in %.1fs", self.spec.name, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
     def decode(self, source: TopicSpec, events: Iterable[faust.EventT], out: Outputs) -> list[Incoming]:
         batch: list[Incoming] = []
         for event in events:
@@ -129,6 +140,8 @@ class StageRuntime:
             if source.bundled:
                 try:
                     records = unbundle(self.serde, message.value)
+                except RegistryUnavailableError:
+                    raise
                 except SchemaDecodeError as exc:
                     out.dead_letter(None, "undecodable", str(exc), topic=message.topic, key=message.key,
                                     value=message.value, partition=message.partition, offset=message.offset,
@@ -141,6 +154,8 @@ class StageRuntime:
                              index=index if source.bundled else -1, headers=headers)
                 try:
                     schema, record = self.decode_value(source, value)
+                except RegistryUnavailableError:
+                    raise
                 except SchemaDecodeError as exc:
                     out.dead_letter(None, "undecodable", str(exc), key=key, value=value,
                                     topic=message.topic, partition=message.partition, offset=message.offset,

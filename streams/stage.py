@@ -251,7 +251,8 @@ class StageSpec:
     # Services the stage runs beside its agents: provider adapters (by channel) or a sink.
     services: Callable[[Settings], dict[str, ServiceT]] | None = None
     # The setting that bounds the records handed to the handler at once. Their outputs are in Kafka
-    # before the next call, so after a crash at most that many records are handled again.
+    # before the next call, so a crash loses the outputs of at most one chunk: for deliver, at most
+    # that many provider sends happen again (the provider's idempotency key absorbs them).
     chunk_setting: str = "stage_handler_records"
     # The consumer group that does the stage's work when it is not the Faust app's (track's sink).
     group: str | None = None

@@ -1,4 +1,4 @@
-"""The topic catalog of ARCHITECTURE.md: every Kafka topic Herald uses, and `herald topics create`.
+"""The topic catalog (docs/architecture.md): every Kafka topic Herald uses, and `herald topics create`.
 
 Producer and consumer of each topic are named in `doc`, so a reader finds both in one place.
 """

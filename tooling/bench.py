@@ -1,6 +1,6 @@
 """`herald bench`: N notifications through the running pipeline to the local mailbox, measured.
 
-Prints ARCHITECTURE.md's benchmark contract. `lost` and `duplicates` come from what the mailbox
+Prints the benchmark contract (README.md, "Benchmark"). `lost` and `duplicates` come from what the mailbox
 actually received; `raw_hop_per_s` is measured in the same run, before the pipeline load, on a plain
 aiokafka consume → fastavro decode → encode → produce loop: the ceiling one stage could reach.
 `cpu_us_per_notification_by_stage` splits `cpu_us_per_notification` between the stage workers and

@@ -284,7 +284,7 @@ def bench(
     rate: Annotated[Optional[float], typer.Option(help="Requests per second; default: as fast as possible.")] = None,
     channels: Annotated[list[str], typer.Option(help="Channels to deliver on.")] = ["email"],
     idle_timeout: Annotated[float, typer.Option(help="Give up after this many seconds without a delivery.")] = 60,
-    as_json: Annotated[bool, typer.Option("--json", help="Print only the contract's JSON line.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only the benchmark's JSON line (see README.md, Benchmark).")] = False,
 ) -> None:
     """Drive N notifications through the running pipeline to the local mailbox and measure."""
     import asyncio

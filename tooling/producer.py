@@ -12,7 +12,9 @@ from streams.topics import TopicSpec
 
 def publish(spec: TopicSpec, records: Iterable[tuple[bytes, AvroModel]]) -> None:
     """Send keyed records and wait until the broker has them all."""
-    producer = KafkaProducer(bootstrap_servers=get_settings().kafka_bootstrap, acks="all")
+    settings = get_settings()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                             max_request_size=settings.max_message_bytes)
     try:
         serde = default_serde()
         for key, record in records:

@@ -1,5 +1,5 @@
 """agents/deliver.py: retry tiers, jittered due times, the delivered-table key; and
-agents/stage.py's `lifecycle_event`, which the deliver stage emits for every outcome."""
+streams/stage.py's `lifecycle_event`, which the deliver stage emits for every outcome."""
 
 import random
 import uuid

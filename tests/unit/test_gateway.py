@@ -217,3 +217,51 @@ def test_gateway_refuses_to_run_without_an_api_key() -> None:
 async def test_an_empty_authorization_header_is_not_the_key(client: TestClient) -> None:
     response = await client.post("/v1/notifications", data=body(REQUEST), headers={"Authorization": ""})
     assert response.status == 401
+
+
+# --- the size limit and a broker that does not answer, with a stand-in producer ---------------------------
+
+
+class StandInProducer:
+    """Answers like aiokafka's producer: record metadata, or the error it was given."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.sent: list[bytes] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> object:
+        if self.error is not None:
+            raise self.error
+        self.sent.append(value)
+        return type("RecordMetadata", (), {"topic": topic, "partition": 0, "offset": len(self.sent)})()
+
+
+async def gateway_with(producer: StandInProducer, **settings: object) -> TestClient:
+    gateway = Gateway(Settings(api_key="secret", **settings))
+    app = gateway.web_app()
+    app.on_startup.clear()
+    app.on_cleanup.clear()
+    gateway.producer = producer  # type: ignore[assignment]
+    return TestClient(TestServer(app))
+
+
+async def test_a_request_over_the_size_limit_is_413_and_not_produced() -> None:
+    producer = StandInProducer()
+    async with await gateway_with(producer, max_message_bytes=20_000) as client:
+        big = REQUEST | {"variables": {"name": "x" * 25_000}}
+        response = await client.post("/v1/notifications", data=body(big), headers={"X-API-Key": "secret"})
+        assert response.status == 413
+        assert (await response.json())["error"] == "too_large"
+        ok = await client.post("/v1/notifications", data=body(REQUEST), headers={"X-API-Key": "secret"})
+        assert ok.status == 202
+    assert len(producer.sent) == 1
+
+
+async def test_a_broker_that_does_not_answer_is_503_never_202() -> None:
+    from aiokafka.errors import KafkaTimeoutError
+
+    async with await gateway_with(StandInProducer(KafkaTimeoutError())) as client:
+        for path, payload in (("/v1/notifications", REQUEST), ("/v1/notifications/batch", BATCH)):
+            response = await client.post(path, data=body(payload), headers={"X-API-Key": "secret"})
+            assert response.status == 503
+            assert (await response.json())["error"] == "unavailable"
