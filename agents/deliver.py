@@ -142,6 +142,7 @@ DELIVER_STAGE = StageSpec(
     handle=deliver,
     state=(StateSpec(DELIVERED, "delivered_ttl_s"),),
     services=adapters,
+    delayed_inputs=RETRY,
     # A crash resends at most one chunk's deliveries (those the provider took before the state write).
     chunk_setting="deliver_concurrency",
 )

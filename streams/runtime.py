@@ -92,8 +92,9 @@ class StageRuntime:
         async def consume(stream: faust.StreamT) -> None:
             for table in self.tables:
                 await table.wait_ready()
-            async for events in stream.noack_take(self.settings.stage_batch_max,
-                                                  within=self.settings.stage_batch_within_s):
+            within = (self.settings.stage_delayed_within_s if source in self.spec.delayed_inputs
+                      else self.settings.stage_batch_within_s)
+            async for events in stream.noack_take(self.settings.stage_batch_max, within=within):
                 await self.process(source, events)
                 for event in events:
                     await stream.ack(event)
@@ -204,18 +205,21 @@ class StageRuntime:
         return out
 
     def messages(self, records: Iterable[Outgoing]) -> list[tuple[str, bytes | None, bytes | None, int | None]]:
-        """Kafka messages for the outputs: bundled per partition on internal topics, as they are elsewhere."""
+        """Kafka messages for the outputs: RecordBundles on internal topics (per partition of their
+        keys where key order matters, else as few as fit), one record per message elsewhere."""
         messages: list[tuple[str, bytes | None, bytes | None, int | None]] = []
-        grouped: dict[tuple[str, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
+        grouped: dict[tuple[TopicSpec, int], list[tuple[bytes | None, bytes]]] = defaultdict(list)
         for record in records:
             if record.topic.bundled and record.value is not None:
-                partition = partition_for(record.key, self.settings.topic_partitions)
-                grouped[(record.topic.name, partition)].append((record.key, record.value))
+                partition = partition_for(record.key, self.settings.topic_partitions) if record.topic.key_ordered else -1
+                grouped[(record.topic, partition)].append((record.key, record.value))
             else:
                 messages.append((record.topic.name, record.key, record.value, None))
         for (topic, partition), keyed in grouped.items():
             for chunk in chunks(keyed, self.settings.bundle_max_records, self.settings.max_record_bytes):
-                messages.append((topic, chunk[0][0], bundle(self.serde, chunk), partition))
+                # Any partition will do where key order does not matter: the first key's spreads them.
+                to = partition if partition >= 0 else partition_for(chunk[0][0], self.settings.topic_partitions)
+                messages.append((topic.name, chunk[0][0], bundle(self.serde, chunk), to))
         return messages
 
     async def produce(self, records: list[Outgoing]) -> None:

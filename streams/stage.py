@@ -254,6 +254,9 @@ class StageSpec:
     # before the next call, so a crash loses the outputs of at most one chunk: for deliver, at most
     # that many provider sends happen again (the provider's idempotency key absorbs them).
     chunk_setting: str = "stage_handler_records"
+    # Inputs whose records wait for a due time anyway (retry topics): taken every
+    # `stage_delayed_within_s` rather than every `stage_batch_within_s`, which saves the wakeups.
+    delayed_inputs: tuple[TopicSpec, ...] = ()
     # The consumer group that does the stage's work when it is not the Faust app's (track's sink).
     group: str | None = None
 

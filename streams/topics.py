@@ -24,6 +24,10 @@ class TopicSpec:
     # Internal topics between stages carry RecordBundle messages (many records each); public ones
     # (what outside services produce or read) keep one record per message.
     bundled: bool = False
+    # Whether records of one key must stay in order (and so in one partition). Where each key is
+    # one notification's (accepted, validated, rendered, events), a bundle may hold any keys and go
+    # to any partition: fewer, fuller bundles. Delivery tasks are keyed by user and stay in order.
+    key_ordered: bool = True
 
 
 def deliver_topic(channel: str, high: bool = False) -> str:
@@ -36,12 +40,16 @@ def retry_topic(delay_s: int) -> str:
 
 REQUESTS = TopicSpec("herald.requests", ("NotificationRequest", "NotificationBatch"),
                      "business services and the gateway produce; ingest consumes")
-ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes", bundled=True)
-VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True)
-RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
+ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes", bundled=True,
+                   key_ordered=False)
+VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
+                   key_ordered=False)
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
+                   key_ordered=False)
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
-EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True)
+EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
+                   key_ordered=False)
 TEMPLATES = TopicSpec("herald.templates", ("TemplateUpserted",),
                       "`herald templates put` produces; the template table folds it", compacted=True)
 PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),

@@ -12,7 +12,7 @@ from streams.codec import bundle, chunks, unbundle
 from streams.runtime import StageRuntime, partition_for
 from streams.settings import Settings
 from streams.stage import Outgoing, Outputs
-from streams.topics import ACCEPTED, DLQ, EVENTS, REQUESTS
+from streams.topics import ACCEPTED, DELIVER_BY_NAME, DLQ, EVENTS, REQUESTS, deliver_topic
 from tests.unit import records
 
 SERDE = default_serde()
@@ -61,17 +61,18 @@ def test_a_single_record_topic_decodes_each_schema(tmp_path: Path) -> None:
     assert letter["headers"] == {"h": b""}  # a header without a value does not stop the dead letter
 
 
-def test_outputs_are_bundled_per_partition_in_order(tmp_path: Path) -> None:
+def test_key_ordered_outputs_are_bundled_per_partition_in_order(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, bundle_max_records=3)
     stage = StageRuntime(VALIDATE, settings)
+    tasks = DELIVER_BY_NAME[deliver_topic("email")]
     keys = [f"user-{i % 5}".encode() for i in range(40)]
-    outgoing = [Outgoing(EVENTS, key, f"{i}".encode()) for i, key in enumerate(keys)]
+    outgoing = [Outgoing(tasks, key, f"{i}".encode()) for i, key in enumerate(keys)]
     outgoing.append(Outgoing(DLQ, b"x", b"letter"))
     messages = stage.messages(outgoing)
     assert ("herald.dlq", b"x", b"letter", None) in messages
     seen: dict[bytes, list[int]] = {}
     for topic, _, value, partition in messages:
-        if topic != EVENTS.name:
+        if topic != tasks.name:
             continue
         unbundled = unbundle(SERDE, value)
         assert len(unbundled) <= 3
@@ -81,6 +82,14 @@ def test_outputs_are_bundled_per_partition_in_order(tmp_path: Path) -> None:
     for key, order in seen.items():
         assert order == sorted(order), key  # per-key order holds
     assert sum(len(v) for v in seen.values()) == 40
+
+
+def test_outputs_without_key_order_fill_as_few_bundles_as_fit(tmp_path: Path) -> None:
+    stage = StageRuntime(VALIDATE, Settings(data_dir=tmp_path, bundle_max_records=10))
+    outgoing = [Outgoing(EVENTS, f"n-{i}".encode(), f"{i}".encode()) for i in range(25)]
+    messages = stage.messages(outgoing)
+    assert [len(unbundle(SERDE, value)) for _, _, value, _ in messages] == [10, 10, 5]
+    assert [int(v) for _, _, value, _ in messages for _, v in unbundle(SERDE, value)] == list(range(25))
 
 
 def test_a_dead_letter_too_large_is_truncated_not_dropped() -> None:
