@@ -57,7 +57,7 @@ class Settings(BaseSettings):
 
     # Delivery: tasks in flight per deliver agent, attempts before giving up, and how long the
     # delivered table remembers a sent notification (longer than any retry can take).
-    deliver_concurrency: int = 64
+    deliver_concurrency: int = 128
     delivery_max_attempts: int = 5
     delivered_ttl_s: int = 7 * 24 * 3600
 
@@ -69,7 +69,7 @@ class Settings(BaseSettings):
     # Email provider (SMTP). Locally, `herald up` runs an aiosmtpd server on this port.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
-    smtp_pool_size: int = 8
+    smtp_pool_size: int = 16
     smtp_timeout_s: float = 10.0
     email_from: str = "Herald <noreply@herald.local>"
     email_domain: str = "herald.local"
