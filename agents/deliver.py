@@ -29,7 +29,7 @@ from streams.topics import (DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RE
 
 log = logging.getLogger(__name__)
 RETRY_BY_DELAY = dict(zip(RETRY_DELAYS_S, RETRY))
-RETRY_TOPICS = {spec.name for spec in RETRY}
+RETRY_BY_NAME = {spec.name: spec for spec in RETRY}
 
 
 def retry_delay_s(attempt: int) -> int:
@@ -48,7 +48,7 @@ def delivered_key(task: dict[str, Any]) -> str:
 
 async def deliver(batch: list[Incoming], context: Context) -> Outputs:
     """Send a batch of tasks (up to `deliver_concurrency` at once) or, from a retry topic, requeue them."""
-    if batch[0].topic in RETRY_TOPICS:
+    if batch[0].topic in RETRY_BY_NAME:
         return await requeue_when_due(batch, context)
     out = context.outputs()
     delivered = context.state[DELIVERED.name]
@@ -115,15 +115,29 @@ def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAd
 
 
 async def requeue_when_due(batch: list[Incoming], context: Context) -> Outputs:
-    """Back to the channel's deliver topic once due. A retry topic holds one delay, so it is in due order."""
+    """Back to the channel's deliver topic once due; what is not due yet goes back to its retry topic.
+
+    The handler waits at most `retry_hold_s` for the earliest task: a longer wait would hold the
+    batch's messages unacked, and Faust waits for unacked messages on every rebalance (a deploy or
+    a scale-up would stall delivery for minutes).
+    """
     out = context.outputs()
-    for record in batch:
+    waits = [due_in(record.value) for record in batch]
+    held = min(max(min(waits), 0.0), context.settings.retry_hold_s)
+    if held > 0:
+        await asyncio.sleep(held)
+    for record, wait in zip(batch, waits):
         task = record.value
-        wait = (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0
-        if wait > 0:
-            await asyncio.sleep(wait)
-        out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], record.key, task)
+        if wait > held:
+            out.send(RETRY_BY_NAME[record.topic], record.key, task)
+        else:
+            out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], record.key, task)
     return out
+
+
+def due_in(task: dict[str, Any]) -> float:
+    """Seconds until a retry is due (0 or less: due)."""
+    return (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0.0
 
 
 # The provider adapter of each channel that has one; deliver reads those channels' topics.

@@ -6,6 +6,7 @@ idempotency key seen within `idempotency_ttl_s` (the stage's own state, folded f
 herald.state.idempotency-keys). Undecodable bytes go to herald.dlq (the runtime does that).
 """
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -56,12 +57,19 @@ def expand(envelope: Envelope, position: str, now: datetime) -> list[dict[str, A
     ]
 
 
+def seen_key(scope: str) -> str:
+    return hashlib.blake2b(scope.encode(), digest_size=16).hexdigest()
+
+
 def is_repeat(out: Outputs, seen: StateTable, scope: str, position: str) -> bool:
     """A repeat is the same key from another request. The same request read again after a crash
-    is not a repeat: it must flow on (later stages drop what they already did by notification id)."""
-    first = out.pending_state(seen, scope)
+    is not a repeat: it must flow on (later stages drop what they already did by notification id).
+
+    The state holds a 128-bit digest of the tenant's key, not the key: every entry has the same
+    small size however long the key a producer sent."""
+    first = out.pending_state(seen, seen_key(scope))
     if first is None:
-        out.put_state(seen, scope, position)
+        out.put_state(seen, seen_key(scope), position)
         return False
     return first != position
 

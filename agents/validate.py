@@ -7,8 +7,7 @@ asked for, or every channel the template has a part for.
 
 from typing import Any, NamedTuple
 
-from email_validator import EmailNotValidError, validate_email
-
+from agents.channels.email import email_address
 from streams.stage import Context, Incoming, Outputs, StageSpec
 from streams.topics import ACCEPTED, EVENTS, REJECTED, VALIDATED
 
@@ -63,8 +62,8 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
     email = contact_email(notification, preferences)
     if "email" in channels and email is not None:
         try:
-            validate_email(email, check_deliverability=False)
-        except EmailNotValidError as exc:
+            email_address(email)
+        except ValueError as exc:
             return Problem("invalid_email", f"'{email}': {exc}")
     return channels
 

@@ -89,7 +89,8 @@ class Gateway:
         return app
 
     async def on_startup(self, app: web.Application) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all", linger_ms=2,
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
+                                         enable_idempotence=True, linger_ms=2,
                                          max_request_size=self.settings.max_message_bytes)
         await self.producer.start()
 

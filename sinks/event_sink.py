@@ -166,7 +166,7 @@ class EventSink(Service):
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
         self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                         max_request_size=settings.max_message_bytes)
+                                         enable_idempotence=True, max_request_size=settings.max_message_bytes)
         await self.producer.start()
         await self.consumer.start()
 

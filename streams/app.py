@@ -5,16 +5,28 @@ one process per stage locally (`herald worker --stage all` starts them all), one
 on Kubernetes.
 """
 
+from collections.abc import Mapping
+from typing import Any
+
 import faust
+from faust.transport.drivers.aiokafka import Producer
 
 from streams.settings import Settings
+
+
+class IdempotentProducer(Producer):
+    """Faust's producer with Kafka's idempotence on: a broker-side retry cannot write a record
+    twice. Faust turns it on only inside transactions, which Herald does not use."""
+
+    def _settings_extra(self) -> Mapping[str, Any]:
+        return {**super()._settings_extra(), "acks": "all", "enable_idempotence": True}
 
 
 def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
     app_id = app_id or settings.app_id
     datadir = settings.data_dir / "faust" / app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         # at_least_once on purpose: faust-streaming's exactly_once is broken (#323, #440, #517);
@@ -36,3 +48,5 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
     )
+    app.transport.Producer = IdempotentProducer
+    return app

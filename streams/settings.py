@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Delivery: tasks in flight per deliver agent, attempts before giving up, and how long the
     # delivered table remembers a sent notification (longer than any retry can take).
     deliver_concurrency: int = 128
+    # The longest a retry topic's agent waits for a task to come due before it puts the task back
+    # on its retry topic: what a rebalance may have to wait for.
+    retry_hold_s: float = 2.0
     delivery_max_attempts: int = 5
     delivered_ttl_s: int = 7 * 24 * 3600
 

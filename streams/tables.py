@@ -196,6 +196,7 @@ class StateTable(FoldedTable):
         self.producer = producer
         self.entries: dict[str, tuple[Any, str]] = {}  # key → (value, block id)
         self.blocks: dict[str, tuple[float, list[str]]] = {}  # block id → (written at, keys)
+        self.expired: set[str] = set()  # blocks found past their TTL while folding, to tombstone
 
     def decode(self, value: bytes) -> Any:
         return json.loads(value)
@@ -212,14 +213,18 @@ class StateTable(FoldedTable):
         return records
 
     def fold(self, key: bytes, record: Any) -> None:
-        block_id = key.decode()
+        block_id = key.decode(errors="replace")
         self.forget(block_id)
         if record is None:
+            self.expired.discard(block_id)
             return
         try:
             at, entries = float(record["at"]), dict(record["entries"])
         except (TypeError, KeyError, ValueError):
             log.warning("%s: skipping malformed block %r", self.spec.name, key)
+            return
+        if at < time.time() - self.ttl_s:  # expired while nobody purged it: never held in memory
+            self.expired.add(block_id)
             return
         self.blocks[block_id] = (at, list(entries))
         for entry_key, value in entries.items():
@@ -240,6 +245,8 @@ class StateTable(FoldedTable):
         """Tombstone every block older than the TTL; returns how many."""
         older_than = time.time() - self.ttl_s
         stale = [block_id for block_id, (at, _) in self.blocks.items() if at < older_than]
+        stale.extend(self.expired)
+        self.expired.clear()
         for block_id in stale:
             self.forget(block_id)
             await self.producer().send(self.spec.name, block_id.encode(), None, None, None, None)

@@ -154,7 +154,7 @@ async def raw_hop(settings: Settings, count: int) -> float:
     serde = default_serde()
     create_topics(settings, (RAW_IN, RAW_OUT))
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024)
+                                enable_idempotence=True, max_batch_size=256 * 1024)
     await producer.start()
     run = uuid.uuid4()
     sample = bench_request(run, 0)
@@ -206,7 +206,7 @@ async def produce_requests(settings: Settings, run: uuid.UUID, n: int, rate: flo
     each with its request's produce time (epoch ms)."""
     serde = default_serde()
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024)
+                                enable_idempotence=True, max_batch_size=256 * 1024)
     await producer.start()
     requested: dict[str, float] = {}
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from streams.topics import TopicSpec
 def publish(spec: TopicSpec, records: Iterable[tuple[bytes, AvroModel]]) -> None:
     """Send keyed records and wait until the broker has them all."""
     settings = get_settings()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
                              max_request_size=settings.max_message_bytes)
     try:
         serde = default_serde()

@@ -11,10 +11,17 @@ from email.utils import parseaddr
 from typing import Any
 
 import aiosmtplib
+from email_validator import validate_email
 from mode import Service
 
 from agents.channels.base import SENT, Outcome, Result
 from streams.settings import Settings
+
+
+def email_address(raw: str) -> str:
+    """The address to send to, normalised; raises ValueError (EmailNotValidError) for anything that
+    is not one plain address: a display name, a second address after a comma, a line break."""
+    return validate_email(raw, check_deliverability=False).normalized
 
 
 def message_id(notification_id: Any, domain: str) -> str:
@@ -102,8 +109,13 @@ class EmailAdapter(Service):
                 client.close()
 
     async def send(self, task: dict[str, Any]) -> Outcome:
+        # Checked here, where it is used, whichever stage or preference the address came from.
         try:
-            message = build_message(task, self.settings)
+            address = email_address(task["address"])
+        except ValueError as exc:
+            return Outcome(Result.PERMANENT, "invalid_address", f"{task['address']!r}: {exc}")
+        try:
+            message = build_message(dict(task, address=address), self.settings)
         except (ValueError, TypeError) as exc:
             return Outcome(Result.PERMANENT, "invalid_message", f"{type(exc).__name__}: {exc}")
         client = await self.pool.get()
@@ -111,7 +123,7 @@ class EmailAdapter(Service):
             if not client.is_connected:
                 await client.connect()
             # The envelope recipient is the task's address, passed explicitly: never read from headers.
-            await client.sendmail(self.sender, [task["address"]], message)
+            await client.sendmail(self.sender, [address], message)
             return SENT
         except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
             if client.is_connected:

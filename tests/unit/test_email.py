@@ -260,3 +260,50 @@ def test_long_unicode_subject_and_multiline_bodies_round_trip() -> None:
     assert plain.get_content() == text
     assert rich.get_content() == html
     assert all(len(line) <= 998 for line in build_message(records.delivery_task(), SETTINGS).split(b"\r\n"))
+
+
+HOSTILE_ADDRESSES = [
+    "alice@example.com, evil@evil.test",
+    "alice@example.com,evil@evil.test",
+    "alice@example.com\r\nBcc: evil@evil.test",
+    "alice@example.com\nBcc: evil@evil.test",
+    "alice@example.com\rRCPT TO:<evil@evil.test>",
+    "Alice <evil@evil.test>",
+    '"alice@example.com" <evil@evil.test>',
+    "<evil@evil.test>",
+    "alice@example.com;evil@evil.test",
+    "alice@example.com evil@evil.test",
+    "alice@example.com\x00evil@evil.test",
+    "=?utf-8?q?evil?= <evil@evil.test>",
+    "evil@evil.test (alice@example.com)",
+    "alice@example.com>\r\nDATA",
+    "",
+    " ",
+    "@",
+    "a" * 300 + "@example.com",
+]
+
+
+@pytest.mark.parametrize("address", HOSTILE_ADDRESSES)
+async def test_a_hostile_address_is_refused_and_nothing_is_sent(
+        smtp_server: tuple[Mailbox, int], adapter_for: Any, address: str) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    outcome = await adapter.send(records.delivery_task(address=address))
+    assert outcome.result is Result.PERMANENT
+    assert outcome.code == "invalid_address"
+    assert mailbox.received == []
+
+
+@pytest.mark.parametrize("subject", ["Hi\r\nBcc: evil@evil.test", "Hi\nTo: evil@evil.test", "Hi\rX: y"])
+async def test_a_hostile_subject_cannot_add_a_header_or_recipient(
+        smtp_server: tuple[Mailbox, int], adapter_for: Any, subject: str) -> None:
+    mailbox, port = smtp_server
+    adapter = await adapter_for(port)
+    outcome = await adapter.send(records.delivery_task(content=records.content(subject=subject)))
+    assert outcome.result is Result.SENT
+    [(_, rcpt_tos, raw)] = mailbox.received
+    assert rcpt_tos == ["alice@example.com"]
+    message = parse(raw)
+    assert message["Bcc"] is None and message["X"] is None
+    assert message.get_all("To") == ["alice@example.com"]

@@ -4,7 +4,9 @@ on batches that mix good records, a poison record (one that makes the handler ra
 No Kafka: the runtime's Faust app is built but never started; tables are folded by hand.
 """
 
+import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 from agents.channels.base import SENT, Outcome, Result
 from agents.deliver import DELIVER_STAGE, delivered_key
-from agents.ingest import INGEST
+from agents.ingest import INGEST, seen_key
 from agents.registry import STAGES
 from agents.route import ROUTE
 from agents.template import TEMPLATE
@@ -63,7 +65,7 @@ def test_the_registry_lists_every_stage_in_flow_order() -> None:
 async def test_ingest_batch_with_a_poison_record_and_repeated_keys(tmp_path: Path) -> None:
     stage = runtime(INGEST, tmp_path)
     seen = stage.context.state[IDEMPOTENCY_KEYS.name]
-    seen.fold(b"earlier-block", {"at": 1e12, "entries": {idempotency_scope("acme", "old"): "herald.requests/0/1"}})
+    seen.fold(b"earlier-block", {"at": 1e12, "entries": {seen_key(idempotency_scope("acme", "old")): "herald.requests/0/1"}})
     batch = [
         incoming(records.request(idempotency_key="a"), "NotificationRequest", REQUESTS.name, 10),
         incoming(poison(records.request()), "NotificationRequest", REQUESTS.name, 11),
@@ -86,7 +88,7 @@ async def test_ingest_batch_with_a_poison_record_and_repeated_keys(tmp_path: Pat
 async def test_ingest_reads_the_same_request_again_after_a_crash(tmp_path: Path) -> None:
     stage = runtime(INGEST, tmp_path)
     seen = stage.context.state[IDEMPOTENCY_KEYS.name]
-    seen.fold(b"b", {"at": 1e12, "entries": {idempotency_scope("acme", "a"): "herald.requests/0/10"}})
+    seen.fold(b"b", {"at": 1e12, "entries": {seen_key(idempotency_scope("acme", "a")): "herald.requests/0/10"}})
     out = await stage.handle([incoming(records.request(idempotency_key="a"), "NotificationRequest", REQUESTS.name, 10)])
     assert len(out.of(ACCEPTED)) == 1  # same position: not a repeat, it flows on
 
@@ -207,3 +209,17 @@ async def test_a_batch_that_is_all_poison_is_all_dead_lettered(spec: StageSpec, 
     out = await stage.handle(batch)
     assert [d["offset"] for d in out.of(DLQ)] == [0, 1, 2]
     assert len(out) == 3
+
+
+async def test_a_retry_not_due_goes_back_to_its_retry_topic_instead_of_holding_the_batch(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    stage.settings.retry_hold_s = 0.05
+    now = datetime.now(UTC)
+    due = records.delivery_task(notification_id=uuid.UUID(int=1), attempt=1, due_at=now)
+    later = records.delivery_task(notification_id=uuid.UUID(int=2), attempt=1, due_at=now + timedelta(seconds=60))
+    started = time.monotonic()
+    out = await stage.handle([incoming(due, "DeliveryTask", RETRY[1].name, 1),
+                              incoming(later, "DeliveryTask", RETRY[1].name, 2)])
+    assert time.monotonic() - started < 1
+    assert notification_ids(out, DELIVER_BY_NAME[deliver_topic("email")]) == [uuid.UUID(int=1)]
+    assert notification_ids(out, RETRY[1]) == [uuid.UUID(int=2)]

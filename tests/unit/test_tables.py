@@ -3,11 +3,14 @@
 The tables are mode Services; constructing one does not connect, and `fold` is the pure step.
 """
 
+import time
+
 import pytest
 
 from schemas.serde import default_serde
 from streams.settings import Settings
-from streams.tables import PreferenceTable, TemplateTable, template_key, template_key_parts
+from streams.tables import PreferenceTable, StateTable, TemplateTable, template_key, template_key_parts
+from streams.topics import IDEMPOTENCY_KEYS
 from tests.unit import records
 
 
@@ -194,3 +197,44 @@ def test_apply_decodes_and_skips_undecodable(preferences: PreferenceTable) -> No
     assert preferences.get("dave") is None
     preferences.apply(b"carol", None)
     assert preferences.get("carol") is None
+
+
+# --- StateTable: blocks, TTL while folding, malformed entries ---------------------------------------------
+
+
+def state_table(ttl_s: float = 3600) -> StateTable:
+    return StateTable(Settings(), IDEMPOTENCY_KEYS, ttl_s, producer=lambda: None)  # type: ignore[arg-type,return-value]
+
+
+def test_state_blocks_fold_and_a_tombstone_forgets_only_its_own_entries() -> None:
+    table = state_table()
+    now = time.time()
+    table.fold(b"b1", {"at": now, "entries": {"k1": "p1", "k2": "p2"}})
+    table.fold(b"b2", {"at": now, "entries": {"k2": "p3"}})
+    assert (table.get("k1"), table.get("k2"), len(table)) == ("p1", "p3", 2)
+    table.fold(b"b1", None)
+    assert (table.get("k1"), table.get("k2")) == (None, "p3")
+
+
+def test_a_block_past_its_ttl_is_never_held_and_is_tombstoned_by_the_next_purge() -> None:
+    table = state_table(ttl_s=60)
+    table.fold(b"old", {"at": time.time() - 61, "entries": {"k": "v"}})
+    assert table.get("k") is None and len(table) == 0
+    assert table.expired == {"old"}
+
+
+@pytest.mark.parametrize("record", [[1, 2], {"at": "x", "entries": {}}, {"entries": {}}, {"at": 1, "entries": 5}, "s"])
+def test_a_malformed_block_is_skipped_not_fatal(record: object) -> None:
+    table = state_table()
+    table.fold(b"bad", record)
+    assert len(table) == 0
+
+
+def test_encoded_blocks_split_and_fold_back() -> None:
+    table = state_table()
+    writes = {f"k{i}": i for i in range(StateTable.BLOCK_ENTRIES + 5)}
+    records = table.encode("herald.requests/0/7", writes)
+    assert [key for key, _ in records] == [b"herald.requests/0/7", b"herald.requests/0/7#1"]
+    for key, value in records:
+        table.fold(key, table.decode(value))
+    assert len(table) == len(writes) and table.get("k0") == 0
