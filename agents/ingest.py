@@ -3,7 +3,9 @@
 Decodes each request (NotificationRequest or NotificationBatch), stamps notification_id and
 received_at, expands a batch into one notification per recipient, and drops repeats of an
 idempotency key seen within `idempotency_ttl_s` (the stage's own state, folded from
-herald.state.idempotency-keys). Undecodable bytes go to herald.dlq (the runtime does that).
+herald.state.idempotency-keys). A batch member whose key an earlier member of the same batch has
+is rejected (`duplicate_member_key`) rather than sharing its notification id. Undecodable bytes go
+to herald.dlq (the runtime does that).
 """
 
 import hashlib
@@ -15,7 +17,7 @@ from streams.codec import Envelope
 from streams.ids import idempotency_scope, member_key, member_position, notification_id
 from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
 from streams.tables import StateTable
-from streams.topics import ACCEPTED, EVENTS, IDEMPOTENCY_KEYS, REQUESTS
+from streams.topics import ACCEPTED, EVENTS, IDEMPOTENCY_KEYS, REJECTED, REQUESTS
 
 COMMON_FIELDS = ("tenant", "template_id", "template_version", "channels", "category", "priority",
                  "send_at", "fallback_channel", "requested_at", "metadata")
@@ -74,15 +76,33 @@ def is_repeat(out: Outputs, seen: StateTable, scope: str, position: str) -> bool
     return first != position
 
 
+def refuse_duplicate_member(out: Outputs, record: dict[str, Any], position: str, index: int, first: int) -> None:
+    """A batch member whose idempotency key an earlier member of the same batch has (its own key, or one
+    derived from the batch key, see `member_key`). The key's notification id is the earlier member's, so
+    this one is rejected under the id of its own position, which a re-read gives again."""
+    key = record["idempotency_key"]
+    shown = key if len(key) <= 200 else f"{key[:200]}…"
+    refused = record | {"notification_id": notification_id(record["tenant"], None, member_position(position, index))}
+    out.reject(refused, "duplicate_member_key",
+               f"recipient {index} of the batch has idempotency key {shown!r}, as recipient {first} does; "
+               f"only recipient {first} is accepted")
+
+
 def accept(batch: list[Incoming], context: Context) -> Outputs:
     out = context.outputs()
     seen = context.state[IDEMPOTENCY_KEYS.name]
     now = now_utc()
     for request in batch:
-        for record in expand(Envelope(request.schema, request.value), request.position, now):
+        first_with: dict[str, int] = {}  # idempotency key -> the first member of this request that has it
+        for index, record in enumerate(expand(Envelope(request.schema, request.value), request.position, now)):
             key = record["idempotency_key"]
-            if key and is_repeat(out, seen, idempotency_scope(record["tenant"], key), request.position):
-                continue
+            if key:
+                if is_repeat(out, seen, idempotency_scope(record["tenant"], key), request.position):
+                    continue
+                if key in first_with:
+                    refuse_duplicate_member(out, record, request.position, index, first_with[key])
+                    continue
+                first_with[key] = index
             out.send(ACCEPTED, record["notification_id"].bytes, record)
             out.event(record, "accepted")
     return out
@@ -92,7 +112,7 @@ INGEST = StageSpec(
     name="ingest",
     doc=__doc__ or "",
     inputs=(REQUESTS,),
-    outputs=(ACCEPTED, EVENTS, IDEMPOTENCY_KEYS),
+    outputs=(ACCEPTED, EVENTS, IDEMPOTENCY_KEYS, REJECTED),
     handle=accept,
     state=(StateSpec(IDEMPOTENCY_KEYS, "idempotency_ttl_s"),),
 )

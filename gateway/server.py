@@ -3,23 +3,37 @@
 POST /v1/notifications          one NotificationRequest
 POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
-GET  /health, GET /metrics      unauthenticated; everything else needs the API key
-                                (`X-API-Key: <key>` or `Authorization: Bearer <key>`).
+GET  /health                    unauthenticated
+GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
+Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
+key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+
+What a request may hold is bounded here, before anything is produced (docs/architecture.md
+section 5 has the table): string lengths per field, variables, metadata, recipients per batch.
+A batch whose members would end up with the same idempotency key is refused as well.
 """
 
 import asyncio
+import hmac
 import json
+import math
+import re
+import time
 import uuid
+from collections.abc import Callable
+from copy import copy
 from datetime import datetime, timezone
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
+from pydantic_core import PydanticCustomError
 
-from schemas.models import NotificationBatch, NotificationRequest
+from agents.validate import MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
+from schemas.models import BatchRecipient, Channel, NotificationBatch, NotificationRequest, Recipient
 from schemas.serde import AvroSerde, default_serde
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
@@ -27,18 +41,146 @@ from streams.ids import log_position, member_key, member_position, notification_
 from streams.settings import Settings, get_settings
 from streams.topics import REQUESTS
 
-OPEN_PATHS = {"/health", "/metrics"}
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
 REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gateway", ["reason"])
 
+MAX_BODY_BYTES = 8 * 1024 * 1024
+# A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
+MAX_REPORTED_ERRORS = 50
+# A field path names a map key as it was sent; past this many characters it is cut.
+MAX_PATH_PART_CHARS = 64
 
-def json_error(status: int, error: str, detail: Any) -> web.Response:
+
+# --- What a request may hold ------------------------------------------------------------------------------
+# Characters are Unicode code points. Variables are held to the validate stage's limits (agents/validate.py):
+# how many, each value's size and their total size, in UTF-8 bytes as validate counts them.
+
+MAX_KEY_CHARS = 256  # idempotency keys (request, batch, member), batch_id, template_id, user_id
+MAX_NAME_CHARS = 128  # tenant, category, variable names, metadata keys
+MAX_EMAIL_CHARS = 320
+MAX_PHONE_CHARS = 32
+MAX_LOCALE_CHARS = 35  # BCP 47
+MAX_TIME_ZONE_CHARS = 64  # IANA
+MAX_PUSH_TOKENS = 16
+MAX_PUSH_TOKEN_CHARS = 4096
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_VALUE_CHARS = 1024
+MAX_CHANNELS = len(Channel)
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def no_control_characters(value: str) -> str:
+    if CONTROL_CHARACTERS.search(value):
+        raise PydanticCustomError("control_characters",
+                                  "must not contain control characters (U+0000-U+001F, U+007F-U+009F)")
+    return value
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError("nul", "must not contain NUL (U+0000)")
+    return value
+
+
+def variable_value(value: str) -> str:
+    size = len(value.encode())
+    if size > MAX_VARIABLE_BYTES:
+        raise PydanticCustomError("too_long", "is {size} bytes as UTF-8; at most {most}",
+                                  {"size": size, "most": MAX_VARIABLE_BYTES})
+    return no_nul(value)
+
+
+def variables_total(variables: dict[str, str]) -> dict[str, str]:
+    total = sum(len(value.encode()) for value in variables.values())
+    if total > MAX_TOTAL_BYTES:
+        raise PydanticCustomError("too_long", "the values total {total} bytes as UTF-8; at most {most}",
+                                  {"total": total, "most": MAX_TOTAL_BYTES})
+    return variables
+
+
+def plain(most: int) -> Any:
+    """An identifier-like string: at most `most` characters, no control characters."""
+    return Annotated[str, Field(max_length=most), AfterValidator(no_control_characters)]
+
+
+Variables = Annotated[dict[plain(MAX_NAME_CHARS), Annotated[str, AfterValidator(variable_value)]],
+                      Field(max_length=MAX_VARIABLES), AfterValidator(variables_total)]
+Metadata = Annotated[dict[plain(MAX_NAME_CHARS),
+                          Annotated[str, Field(max_length=MAX_METADATA_VALUE_CHARS), AfterValidator(no_nul)]],
+                     Field(max_length=MAX_METADATA_ENTRIES)]
+Channels = Annotated[list[Channel], Field(max_length=MAX_CHANNELS)]
+
+
+def limited(model: type[BaseModel], **annotations: Any) -> Any:
+    """`model` with these fields narrowed: the same fields, defaults and Avro record otherwise."""
+    fields = {name: (annotation, copy(model.model_fields[name])) for name, annotation in annotations.items()}
+    return create_model(f"Gateway{model.__name__}", __base__=model, **fields)
+
+
+GatewayRecipient = limited(
+    Recipient,
+    user_id=plain(MAX_KEY_CHARS),
+    email=plain(MAX_EMAIL_CHARS) | None,
+    phone=plain(MAX_PHONE_CHARS) | None,
+    push_tokens=Annotated[list[plain(MAX_PUSH_TOKEN_CHARS)], Field(max_length=MAX_PUSH_TOKENS)],
+    locale=plain(MAX_LOCALE_CHARS) | None,
+    time_zone=plain(MAX_TIME_ZONE_CHARS) | None,
+)
+GatewayBatchRecipient = limited(
+    BatchRecipient,
+    recipient=GatewayRecipient,
+    variables=Variables,
+    idempotency_key=plain(MAX_KEY_CHARS) | None,
+)
+COMMON_LIMITS: dict[str, Any] = dict(
+    tenant=plain(MAX_NAME_CHARS),
+    idempotency_key=plain(MAX_KEY_CHARS) | None,
+    template_id=plain(MAX_KEY_CHARS),
+    variables=Variables,
+    channels=Channels,
+    category=plain(MAX_NAME_CHARS),
+    metadata=Metadata,
+)
+GatewayRequest = limited(NotificationRequest, recipient=GatewayRecipient, **COMMON_LIMITS)
+
+
+def batch_model(max_recipients: int) -> Any:
+    """The batch as the gateway takes it, with at most `max_recipients` recipients (checked before they are)."""
+    return limited(
+        NotificationBatch,
+        batch_id=plain(MAX_KEY_CHARS) | None,
+        recipients=Annotated[list[GatewayBatchRecipient], Field(max_length=max_recipients)],
+        **COMMON_LIMITS,
+    )
+
+
+# --- Responses ---------------------------------------------------------------------------------------------
+
+
+def json_error(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> web.Response:
     REFUSED.labels(error).inc()
-    return web.json_response({"error": error, "detail": detail}, status=status)
+    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
+
+
+def path_part(part: Any) -> str:
+    text = str(part)
+    return text if len(text) <= MAX_PATH_PART_CHARS else f"{text[:MAX_PATH_PART_CHARS]}…"
+
+
+def capped(problems: list[dict[str, str]], total: int | None = None) -> list[dict[str, str]]:
+    """At most MAX_REPORTED_ERRORS problems, and a last entry that says how many were left out."""
+    total = len(problems) if total is None else total
+    if total <= MAX_REPORTED_ERRORS:
+        return problems
+    return [*problems[:MAX_REPORTED_ERRORS],
+            {"field": "(more)", "message": f"{total - MAX_REPORTED_ERRORS} more problems not shown"}]
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"]} for err in exc.errors()]
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    return capped([{"field": ".".join(path_part(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
+                   for err in errors[:MAX_REPORTED_ERRORS]], len(errors))
 
 
 def parse(model: type[BaseModel], body: bytes) -> BaseModel | web.Response:
@@ -46,6 +188,34 @@ def parse(model: type[BaseModel], body: bytes) -> BaseModel | web.Response:
         return model.model_validate_json(body)
     except ValidationError as exc:
         return json_error(422, "invalid_request", field_errors(exc))
+
+
+def shown(key: str) -> str:
+    return repr(key if len(key) <= MAX_PATH_PART_CHARS else f"{key[:MAX_PATH_PART_CHARS]}…")
+
+
+def duplicate_member_keys(batch: NotificationBatch) -> list[dict[str, str]]:
+    """Members whose idempotency key, as ingest derives it (`member_key`), an earlier member already has.
+
+    Ingest would give both the same notification id; it accepts the first and rejects the others.
+    """
+    def whose(index: int, own: str | None) -> str:
+        return f"recipients.{index}" + ("" if own else f" (derived from the batch key and index {index})")
+
+    first: dict[str, tuple[int, str | None]] = {}
+    problems = []
+    for index, member in enumerate(batch.recipients):
+        key = member_key(batch.idempotency_key, member.idempotency_key, index)
+        if key is None:
+            continue
+        if key not in first:
+            first[key] = (index, member.idempotency_key)
+            continue
+        earlier, earlier_own = first[key]
+        problems.append({"field": f"recipients.{index}.idempotency_key",
+                         "message": f"idempotency key {shown(key)} of {whose(index, member.idempotency_key)} is also "
+                                    f"that of {whose(earlier, earlier_own)}; each recipient needs its own key"})
+    return capped(problems)
 
 
 def ids_of(request: NotificationRequest | NotificationBatch, position: str) -> list[uuid.UUID]:
@@ -68,17 +238,70 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
     return (request.batch_id or str(uuid.uuid4())).encode()
 
 
+# --- Keys and rates ----------------------------------------------------------------------------------------
+
+
+def presented_key(request: web.Request) -> str:
+    return request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+def same_key(presented: str, expected: str) -> bool:
+    """In constant time (for keys of one length); never true for an empty key."""
+    return bool(expected) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
+                                                  expected.encode("utf-8", "surrogatepass"))
+
+
+class RateLimiter:
+    """A token bucket per API key, in this process's memory: `rate` requests a second, `burst` at once.
+
+    Only keys that passed the key check get a bucket, so there are as many buckets as valid keys.
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when counted)
+
+    def wait(self, key: str) -> float:
+        """0 when the request may go now (it took a token), else the seconds until a token is there."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        tokens, counted = self.buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - counted) * self.rate)
+        if tokens >= 1:
+            self.buckets[key] = (tokens - 1, now)
+            return 0.0
+        self.buckets[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+async def read_body(request: web.Request) -> bytes | web.Response:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return json_error(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+
+
 class Gateway:
     def __init__(self, settings: Settings, serde: AvroSerde | None = None) -> None:
         if not settings.api_key:
             raise ValueError("HERALD_API_KEY is empty: the gateway will not run without an API key")
+        if settings.gateway_max_batch_recipients < 1:
+            raise ValueError("HERALD_GATEWAY_MAX_BATCH_RECIPIENTS must be at least 1")
+        if settings.gateway_rate_per_s > 0 and settings.gateway_rate_burst < 1:
+            raise ValueError("HERALD_GATEWAY_RATE_BURST must be at least 1 when HERALD_GATEWAY_RATE_PER_S is set")
         self.settings = settings
         self.serde = serde or default_serde()
         self.clickhouse = connect(settings)
         self.clickhouse_lock = asyncio.Lock()  # one native connection, one query at a time
+        self.request_model = GatewayRequest
+        self.batch_model = batch_model(settings.gateway_max_batch_recipients)
+        self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
 
     def web_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.require_api_key], client_max_size=8 * 1024 * 1024)
+        app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/v1/notifications", self.post_notification)
         app.router.add_post("/v1/notifications/batch", self.post_batch)
         app.router.add_get("/v1/notifications/{id}", self.get_notification)
@@ -100,11 +323,26 @@ class Gateway:
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in OPEN_PATHS:
+        if request.path == "/health":
             return await handler(request)
-        presented = request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if presented != self.settings.api_key:
+        if request.path == "/metrics":
+            if self.settings.metrics_api_key:
+                if not same_key(presented_key(request), self.settings.metrics_api_key):
+                    return json_error(401, "unauthorized", "send the metrics key as X-API-Key or Authorization: Bearer")
+            elif not self.settings.metrics_public:
+                return json_error(403, "metrics_disabled",
+                                  "set HERALD_METRICS_API_KEY (scrapers send it as a bearer token) "
+                                  "or HERALD_METRICS_PUBLIC=true")
+            return await handler(request)
+        presented = presented_key(request)
+        if not same_key(presented, self.settings.api_key):
             return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
+        wait = self.limiter.wait(presented)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            return json_error(429, "rate_limited",
+                              f"over {self.settings.gateway_rate_per_s:g} requests a second for this API key; "
+                              f"retry in {seconds} s", headers={"Retry-After": str(seconds)})
         return await handler(request)
 
     async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID] | web.Response:
@@ -123,7 +361,10 @@ class Gateway:
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
     async def post_notification(self, request: web.Request) -> web.Response:
-        parsed = parse(NotificationRequest, await request.read())
+        body = await read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        parsed = parse(self.request_model, body)
         if isinstance(parsed, web.Response):
             return parsed
         ids = await self.produce(parsed)
@@ -133,11 +374,17 @@ class Gateway:
         return web.json_response({"notification_id": str(ids[0])}, status=202)
 
     async def post_batch(self, request: web.Request) -> web.Response:
-        parsed = parse(NotificationBatch, await request.read())
+        body = await read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        parsed = parse(self.batch_model, body)
         if isinstance(parsed, web.Response):
             return parsed
         if not parsed.recipients:
             return json_error(422, "invalid_request", [{"field": "recipients", "message": "at least one recipient"}])
+        duplicates = duplicate_member_keys(parsed)
+        if duplicates:
+            return json_error(422, "invalid_request", duplicates)
         ids = await self.produce(parsed)
         if isinstance(ids, web.Response):
             return ids

@@ -95,7 +95,14 @@ class StageRuntime:
             within = (self.settings.stage_delayed_within_s if source in self.spec.delayed_inputs
                       else self.settings.stage_batch_within_s)
             async for events in stream.noack_take(self.settings.stage_batch_max, within=within):
-                await self.process(source, events)
+                try:
+                    await self.process(source, events)
+                except Exception as exc:
+                    # Unacked, the batch would stall its partitions' commits for good: the worker
+                    # exits instead, and its restart reads the batch again.
+                    log.exception("%s: giving up on a batch from %s", self.spec.name, source.name)
+                    await self.app.crash(exc)
+                    raise
                 for event in events:
                     await stream.ack(event)
 
@@ -232,10 +239,8 @@ class StageRuntime:
             if not pending:
                 return
             if time.monotonic() > deadline:
-                error = ProduceFailed(f"{self.spec.name}: {len(pending)} message(s) not acknowledged by the broker "
-                                      f"in {self.settings.produce_give_up_s:.0f}s; exiting without committing")
-                await self.app.crash(error)
-                raise error
+                raise ProduceFailed(f"{self.spec.name}: {len(pending)} message(s) not acknowledged by the broker "
+                                    f"in {self.settings.produce_give_up_s:.0f}s; exiting without committing")
             log.warning("%s: %d message(s) not acknowledged; retrying in %.1fs", self.spec.name, len(pending), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)

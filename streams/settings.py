@@ -68,12 +68,30 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     api_key: str = "dev-key"
+    # Gateway limits (docs/architecture.md section 5 has them all, with the per-field ones of
+    # gateway/server.py). Recipients in one batch. Requests a second per API key, a token bucket
+    # that holds up to `gateway_rate_burst` of them (a rate of 0 turns the limit off); the bucket
+    # lives in one gateway process, so N replicas let a key through up to N times as fast.
+    gateway_max_batch_recipients: int = 10_000
+    gateway_rate_per_s: float = 200.0
+    gateway_rate_burst: int = 400
+    # GET /metrics: when `metrics_api_key` is set, only with that key (X-API-Key or Bearer); when it
+    # is not, open to anyone if `metrics_public`, else refused (403). By default nothing is exposed.
+    metrics_api_key: str = ""
+    metrics_public: bool = False
 
     # Email provider (SMTP). Locally, `herald up` runs an aiosmtpd server on this port.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 2525
     smtp_pool_size: int = 16
     smtp_timeout_s: float = 10.0
+    # Fault injection in the local mailbox (tooling/mailbox.py), for the chaos tests; 0 = none. Of the
+    # SMTP transactions (MAIL … DATA), the share where one of MAIL, RCPT or DATA (drawn at random) is
+    # answered 4xx, and the share where it stalls `mailbox_timeout_s` first (unset: 5 s longer than
+    # smtp_timeout_s, so the client really times out). A failed or stalled message is never stored.
+    mailbox_fail_rate: float = 0.0
+    mailbox_timeout_rate: float = 0.0
+    mailbox_timeout_s: float | None = None
     email_from: str = "Herald <noreply@herald.local>"
     email_domain: str = "herald.local"
     # How long ingest remembers an idempotency key.

@@ -141,3 +141,82 @@ def test_batch_notifications_encode_as_notification(index: int) -> None:
     decoded = serde.decode(serde.encode("Notification", notification), "Notification")
     assert decoded["idempotency_key"] == f"k:{index}"
     assert decoded["batch_id"] == "batch-7"
+
+
+# --- batch members that share an idempotency key, through the runtime as it runs ingest ------------------
+
+
+def batch_request(offset: int, batch_key: str | None, *member_keys: str | None) -> "Incoming":
+    from streams.stage import Incoming
+    from streams.topics import REQUESTS
+
+    value = records.batch(idempotency_key=batch_key,
+                          recipients=[records.batch_member(f"user-{i}", idempotency_key=key)
+                                      for i, key in enumerate(member_keys)])
+    return Incoming(key=b"k", value=value, schema="NotificationBatch", topic=REQUESTS.name, partition=0,
+                    offset=offset, raw=default_serde().encode("NotificationBatch", value))
+
+
+def ingest_runtime(tmp_path):
+    from agents.ingest import INGEST
+    from streams.runtime import StageRuntime
+    from streams.settings import Settings
+
+    return StageRuntime(INGEST, Settings(data_dir=tmp_path))
+
+
+async def test_members_with_the_same_key_are_rejected_after_the_first(tmp_path) -> None:
+    from streams.ids import member_position
+    from streams.topics import ACCEPTED, DLQ, EVENTS, REJECTED
+
+    stage = ingest_runtime(tmp_path)
+    request = batch_request(10, "camp", None, "camp:0", "dup", "dup", None)  # camp:0 twice, dup twice, camp:4
+    out = await stage.handle([request])
+    accepted = out.of(ACCEPTED)
+    assert [(n["recipient"]["user_id"], n["idempotency_key"]) for n in accepted] == \
+        [("user-0", "camp:0"), ("user-2", "dup"), ("user-4", "camp:4")]
+    rejections = out.of(REJECTED)
+    assert [r["reason_code"] for r in rejections] == ["duplicate_member_key"] * 2
+    originals = [default_serde().decode(r["original"], "Notification") for r in rejections]
+    assert [n["recipient"]["user_id"] for n in originals] == ["user-1", "user-3"]
+    assert "recipient 1" in rejections[0]["detail"] and "'camp:0'" in rejections[0]["detail"]
+    assert "recipient 0" in rejections[0]["detail"]
+    # Rejected under the id of their own position, never under the id of the member that was accepted.
+    position = request.position
+    assert [r["notification_id"] for r in rejections] == \
+        [notification_id("acme", None, member_position(position, i)) for i in (1, 3)]
+    assert not {r["notification_id"] for r in rejections} & {n["notification_id"] for n in accepted}
+    events = out.of(EVENTS)
+    assert [(e["status"], e["error_code"]) for e in events if e["status"] == "rejected"] == \
+        [("rejected", "duplicate_member_key")] * 2
+    assert sum(e["status"] == "accepted" for e in events) == 3
+    assert out.of(DLQ) == []
+
+
+async def test_a_batch_with_duplicates_read_again_gives_the_same_rejections(tmp_path) -> None:
+    from streams.topics import ACCEPTED, REJECTED
+
+    stage = ingest_runtime(tmp_path)
+    first = await stage.handle([batch_request(10, None, "dup", "dup")])
+    again = await stage.handle([batch_request(10, None, "dup", "dup")])  # the same position: a crash's re-read
+    for out in (first, again):
+        assert [n["recipient"]["user_id"] for n in out.of(ACCEPTED)] == ["user-0"]
+    assert [r["notification_id"] for r in first.of(REJECTED)] == [r["notification_id"] for r in again.of(REJECTED)]
+    # The same batch from another position is a repeat: every keyed member is dropped, none rejected.
+    repeat = await stage.handle([batch_request(10, None, "dup", "dup"), batch_request(11, None, "dup", "dup")])
+    assert len(repeat.of(ACCEPTED)) == 1 and len(repeat.of(REJECTED)) == 1
+
+
+@pytest.mark.parametrize("keys", [("camp", None, "camp:0"), ("camp", "camp:1", None), (None, "a", "b", "a", "a"),
+                                  ("camp", None, "camp:9", "", None), (None, None, None)])
+async def test_the_gateway_refuses_exactly_the_members_ingest_rejects(keys: tuple, tmp_path) -> None:
+    from gateway.server import batch_model, duplicate_member_keys
+    from streams.topics import REJECTED
+
+    request = batch_request(10, *keys)
+    out = await ingest_runtime(tmp_path).handle([request])
+    rejected = {default_serde().decode(r["original"], "Notification")["recipient"]["user_id"]
+                for r in out.of(REJECTED)}
+    batch = batch_model(100).model_validate(request.value)
+    refused = {f"user-{p['field'].split('.')[1]}" for p in duplicate_member_keys(batch)}
+    assert refused == rejected
