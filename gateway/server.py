@@ -34,7 +34,8 @@ from pydantic_core import PydanticCustomError
 
 from agents.validate import MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
 from schemas.models import BatchRecipient, Channel, NotificationBatch, NotificationRequest, Recipient
-from schemas.serde import AvroSerde, default_serde
+from schemas.serde import AvroSerde
+from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id

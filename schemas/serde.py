@@ -53,7 +53,6 @@ __all__ = [
     "SchemaRegistryError",
     "WriterSchema",
     "current_schemas",
-    "default_serde",
     "fingerprint",
     "history_schemas",
     "load_schema_file",
@@ -606,15 +605,6 @@ class AvroSerde:
                 f"corrupt {writer.full_name} body: {len(data) - end} trailing byte(s) after the record"
             )
         return record
-
-
-@lru_cache(maxsize=1)
-def default_serde() -> AvroSerde:
-    """The process-wide serde: with a registry when HERALD_SCHEMA_REGISTRY_URL is set."""
-    from streams.settings import get_settings  # late: streams imports this module
-
-    url = get_settings().schema_registry_url
-    return AvroSerde(SchemaRegistry(url) if url else None)
 
 
 def _main() -> None:

@@ -42,7 +42,8 @@ from clickhouse_driver import errors as ch_errors
 from clickhouse_driver.errors import ErrorCodes
 from mode import Service
 
-from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
+from schemas.serde import AvroSerde, SchemaDecodeError
+from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from streams.dead_letters import dead_letter
 from streams.settings import Settings

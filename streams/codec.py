@@ -7,13 +7,22 @@ records, and one undecodable record can be dead-lettered alone.
 """
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, NamedTuple
 
-from schemas.serde import AvroSerde
+from schemas.serde import AvroSerde, SchemaRegistry
+from streams.settings import get_settings
 
 # Bytes a RecordBundle adds per record beyond its key and value (lengths, union index), and per bundle.
 BUNDLE_RECORD_OVERHEAD = 16
 BUNDLE_OVERHEAD = 32
+
+
+@lru_cache(maxsize=1)
+def default_serde() -> AvroSerde:
+    """The process-wide serde: with a schema registry when HERALD_SCHEMA_REGISTRY_URL is set."""
+    url = get_settings().schema_registry_url
+    return AvroSerde(SchemaRegistry(url) if url else None)
 
 
 class Envelope(NamedTuple):

@@ -31,7 +31,8 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.exceptions import ProducerSendError
 
-from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError, default_serde
+from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError
+from streams.codec import default_serde
 from streams.app import create_app
 from streams.codec import bundle, chunks, unbundle
 from streams.settings import Settings

@@ -23,7 +23,8 @@ from faust.types import ProducerT
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
-from schemas.serde import AvroSerde, SchemaDecodeError, default_serde
+from schemas.serde import AvroSerde, SchemaDecodeError
+from streams.codec import default_serde
 from streams.settings import Settings
 from streams.topics import PREFERENCES, TEMPLATES, TopicSpec
 

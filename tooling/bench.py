@@ -21,7 +21,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from streams.ids import notification_id
 from tooling.local import mailbox_dir, running_pid

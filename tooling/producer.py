@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from kafka import KafkaProducer
 
 from schemas.models import AvroModel
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.settings import get_settings
 from streams.topics import TopicSpec
 

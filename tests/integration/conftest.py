@@ -12,7 +12,8 @@ import pytest
 from clickhouse_driver import Client
 from kafka import KafkaProducer
 
-from schemas.serde import AvroSerde, default_serde
+from schemas.serde import AvroSerde
+from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from streams.settings import Settings, get_settings
 

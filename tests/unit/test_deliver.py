@@ -11,7 +11,7 @@ from agents import deliver
 from agents.channels.base import Outcome, Result
 from agents.deliver import delivered_key, due_in_s, retry_delay_s
 from streams.stage import lifecycle_event
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.topics import RETRY_DELAYS_S
 from tests.unit import records
 

@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agents.registry import STAGES
-from schemas.serde import SCHEMA_DIR, SchemaDecodeError, default_serde
+from schemas.serde import SCHEMA_DIR, SchemaDecodeError
+from streams.codec import default_serde
 from streams.codec import bundle, unbundle
 from streams.runtime import StageRuntime
 from streams.settings import Settings

@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from gateway.server import Gateway, ids_of, kafka_key, parse
 from agents.ingest import expand
 from schemas.models import BatchRecipient, NotificationBatch, NotificationRequest, Recipient
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.codec import Envelope
 from streams.ids import log_position
 from streams.settings import Settings

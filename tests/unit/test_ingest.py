@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from agents.ingest import expand
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.codec import Envelope
 from streams.ids import notification_id
 from tests.unit import records

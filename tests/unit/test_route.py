@@ -5,7 +5,8 @@ import json
 import pytest
 
 from agents.route import Suppression, address, delivery_task, opted_out, route
-from schemas.serde import SCHEMA_DIR, default_serde
+from schemas.serde import SCHEMA_DIR
+from streams.codec import default_serde
 from tests.unit import records
 
 ALL = ("email", "sms", "push", "in_app", "chat")

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from agents.validate import VALIDATE
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.codec import bundle, chunks, unbundle
 from streams.runtime import StageRuntime, partition_for
 from streams.settings import Settings

@@ -24,9 +24,9 @@ from schemas.serde import (
     SchemaEncodeError,
     SchemaRegistry,
     current_schemas,
-    default_serde,
     fingerprint,
 )
+from streams.codec import default_serde
 
 SCHEMAS = current_schemas()
 NAMES = sorted(SCHEMAS)

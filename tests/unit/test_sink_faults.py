@@ -16,7 +16,7 @@ from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.context import Context
 from clickhouse_driver.errors import ErrorCodes
 
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from sinks import event_sink
 from sinks.event_sink import (
     DEAD_LETTER_COLUMNS, DEAD_LETTERS_PROJECTION, EVENTS_PROJECTION, OUTAGE_CODES, ClickHouseWriter, EventSink,

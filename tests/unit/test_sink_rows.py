@@ -10,7 +10,8 @@ import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
 from streams.stage import lifecycle_event
-from schemas.serde import SCHEMA_DIR, default_serde
+from schemas.serde import SCHEMA_DIR
+from streams.codec import default_serde
 from sinks.event_sink import (
     COLUMN_RANGES, COLUMNS, DEAD_LETTER_COLUMNS, DEAD_LETTERS_PROJECTION, EVENTS_PROJECTION, Unstorable,
     dead_letter_to_row, event_to_row, next_offsets, process,

@@ -19,7 +19,7 @@ from agents.registry import STAGES
 from agents.route import ROUTE
 from agents.template import TEMPLATE
 from agents.validate import VALIDATE
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.ids import idempotency_scope
 from streams.runtime import StageRuntime
 from streams.settings import Settings

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from schemas.serde import default_serde
+from streams.codec import default_serde
 from streams.settings import Settings
 from streams.tables import PreferenceTable, StateTable, TemplateTable, template_key, template_key_parts
 from streams.topics import IDEMPOTENCY_KEYS
