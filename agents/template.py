@@ -2,29 +2,50 @@
 
 Jinja2's immutable sandbox renders every part: templates are data written by people, so they must
 not reach Python internals. The HTML part is autoescaped; subject and text are plain. Undefined
-variables are errors. Any exception while rendering rejects the notification with its reason.
+variables are errors. Any exception while rendering rejects the notification with its reason
+(`template_error`).
+
+Templates are also bounded, because one that runs for minutes or allocates gigabytes would block
+the worker or get it killed, and every worker that took the partition over would die on the same
+message. A notification's parts render within `template_max_render_ms`; a part's output, and any
+string or list a template builds, has at most `template_max_output_bytes`; a range, and any list
+it builds, has at most `template_max_range` items; and a part builds at most 16 times its output
+limit in all. A template that breaks a bound is rejected `template_limit`, naming the bound. The
+bounded sandbox lives in agents/sandbox.py.
 """
 
+from __future__ import annotations
+
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
-from jinja2 import StrictUndefined, Template
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import Template, nodes
 
+from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
 from streams.stage import Context, Incoming, Outputs, StageSpec
 from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
 
-PLAIN = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
-HTML = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
-
+FIELDS = ("subject", "text", "html")
 
 class RenderError(Exception):
-    pass
+    """A template that could not render: rejected `template_error`."""
+
+
+class RenderLimit(RenderError):
+    """A template that broke a bound: rejected `template_limit`."""
+
+
 
 
 @lru_cache(maxsize=4096)
 def compiled(source: str, html: bool) -> Template:
-    """Parse each template source once; sources are immutable per (id, locale, version)."""
+    """Parse each template source once; sources are immutable per (id, locale, version).
+
+    The one compile of a part, for the stage and for `herald templates put` (template_problems).
+    Render with `render` or `render_part`: they start the render's Budget.
+    """
+    BUDGET.idle()  # constant folding may call filters
     template = (HTML if html else PLAIN).from_string(source)
     # A template's globals are a ChainMap over the environment's, which every render copies into a
     # dict (most of a short render's cost); the environment is never changed after import.
@@ -32,35 +53,103 @@ def compiled(source: str, html: bool) -> Template:
     return template
 
 
-def render_part(source: str | None, variables: dict[str, str], html: bool = False) -> str | None:
+def render_part(source: str | None, variables: dict[str, str], html: bool = False,
+                limits: Limits = DEFAULT_LIMITS) -> str | None:
+    """One part alone, within `limits`."""
     if source is None:
         return None
-    return compiled(source, html).render(variables)
+    template = compiled(source, html)
+    BUDGET.begin(limits)
+    return render_bounded(template, variables, limits)
 
 
-def render(template: dict[str, Any], channels: list[str], variables: dict[str, str]) -> list[dict[str, Any]]:
-    """RenderedContent for each channel; raises RenderError naming the channel and the cause."""
+def failure(where: str, exc: BaseException) -> RenderError:
+    """The rejection for an exception raised by compiling or rendering a part."""
+    if isinstance(exc, TemplateLimit):
+        return RenderLimit(f"{where}: {exc}")
+    if isinstance(exc, RecursionError):
+        return RenderLimit(f"{where}: nested too deeply (RecursionError: {exc})")
+    if isinstance(exc, MemoryError):
+        return RenderLimit(f"{where}: out of memory (MemoryError)")
+    return RenderError(f"{where}: {type(exc).__name__}: {exc}")
+
+
+def render(template: dict[str, Any], channels: list[str], variables: dict[str, str],
+           limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
+    """RenderedContent for each channel; raises RenderError (RenderLimit for a bound) naming the
+    channel, the part and the cause. The time limit covers all the channels' parts; compiling a
+    template the first time is not counted."""
     parts = {part["channel"]: part for part in template["parts"]}
+    name = f"'{template['template_id']}' v{template['version']}"
+    sources: dict[tuple[str, str], Template] = {}
+    for channel in channels:
+        for field in FIELDS:
+            if parts[channel][field] is not None:
+                try:
+                    sources[channel, field] = compiled(parts[channel][field], field == "html")
+                except Exception as exc:  # any failure of a person's template is a rejection, never a crash
+                    raise failure(f"{channel} part of {name} ({field})", exc) from exc
+    BUDGET.begin(limits)
     contents = []
     for channel in channels:
-        part = parts[channel]
-        try:
-            contents.append({
-                "channel": channel,
-                "subject": render_part(part["subject"], variables),
-                "text": render_part(part["text"], variables),
-                "html": render_part(part["html"], variables, html=True),
-                "data": {},
-            })
-        except Exception as exc:  # any failure of a person's template is a rejection, never a crash
-            raise RenderError(f"{channel} part of '{template['template_id']}' v{template['version']}: "
-                              f"{type(exc).__name__}: {exc}") from exc
+        content: dict[str, Any] = {"channel": channel}
+        for field in FIELDS:
+            source = sources.get((channel, field))
+            try:
+                content[field] = None if source is None else render_bounded(source, variables, limits)
+            except Exception as exc:
+                raise failure(f"{channel} part of {name} ({field})", exc) from exc
+        content["data"] = {}
+        contents.append(content)
     return contents
+
+
+def unsafe_html(source: str) -> str | None:
+    """Why an HTML part's source prints text unescaped (|safe, autoescaping turned off), or None."""
+    for node in HTML.parse(source).find_all((nodes.Filter, nodes.EvalContextModifier)):
+        if isinstance(node, nodes.Filter):
+            if node.name == "safe":
+                return "uses |safe"
+            first = node.args[0] if node.args else None
+            if node.name == "map" and isinstance(first, nodes.Const) and first.value == "safe":
+                return "uses map('safe')"
+        else:
+            for option in node.options:
+                if option.key == "autoescape" and not (
+                        isinstance(option.value, nodes.Const) and option.value.value is True):
+                    return "turns autoescaping off ({% autoescape %})"
+    return None
+
+
+def template_problems(template: Mapping[str, Any], allow_unsafe_html: bool = False) -> list[str]:
+    """Why a TemplateUpserted must not be published (`herald templates put`): a part that does not
+    compile (with the stage's own `compiled`), or an HTML part that prints text unescaped."""
+    if template.get("deleted"):
+        return []
+    name = f"template '{template['template_id']}' v{template['version']} ({template.get('locale', 'en')})"
+    problems = []
+    for part in template["parts"]:
+        for field in FIELDS:
+            source = part.get(field)
+            if source is None:
+                continue
+            where = f"{name}, {part['channel']} part, {field}"
+            try:
+                compiled(source, field == "html")
+            except Exception as exc:
+                problems.append(f"{where}: does not compile: {type(exc).__name__}: {exc}")
+                continue
+            reason = unsafe_html(source) if field == "html" and not allow_unsafe_html else None
+            if reason:
+                problems.append(f"{where}: {reason}, which prints text unescaped "
+                                f"(--allow-unsafe-html publishes it anyway)")
+    return problems
 
 
 def render_all(batch: list[Incoming], context: Context) -> Outputs:
     assert context.templates is not None and context.preferences is not None
     out = context.outputs()
+    limits = Limits.of(context.settings)
     for record in batch:
         notification = record.value
         preferences = context.preferences.get(notification["recipient"]["user_id"])
@@ -69,7 +158,10 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
             out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
             continue
         try:
-            notification["rendered"] = render(found, notification["channels"], notification["variables"])
+            notification["rendered"] = render(found, notification["channels"], notification["variables"], limits)
+        except RenderLimit as exc:
+            out.reject(notification, "template_limit", str(exc))
+            continue
         except RenderError as exc:
             out.reject(notification, "template_error", str(exc))
             continue

@@ -94,6 +94,22 @@ class Settings(BaseSettings):
     mailbox_timeout_s: float | None = None
     email_from: str = "Herald <noreply@herald.local>"
     email_domain: str = "herald.local"
+    # Template bounds (agents/template.py). A template that breaks one is rejected `template_limit`
+    # and the worker carries on. Templates are data written by people: without bounds one can run
+    # for minutes or allocate gigabytes, and every worker that takes its partition dies on it.
+    # - Output of one rendered part (subject, text or HTML), in UTF-8 bytes; also the largest string
+    #   or value (as text) a template may build, and a part may build 16 times this in all. 256 KiB
+    #   is far above any real email (Gmail clips HTML past ~100 KB), and a part, with the
+    #   notification around it, fits a Kafka record (max_record_bytes).
+    template_max_output_bytes: int = 256 * 1024
+    # CPU time of the rendering thread for one notification, all its channels' parts, not counting
+    # a template's first compile (a stalled or throttled worker does not count). A typical part
+    # takes 2-10 µs, so 100 ms is 10,000 times that, and a partition of hostile notifications still
+    # moves at about 8 per second or more (a render is stopped within 1.25 times the limit).
+    template_max_render_ms: float = 100.0
+    # Longest range() and most items of a list a template builds (range, *, +, batch, slice, …),
+    # and most lines wordwrap may make: loops over data are short in a notification.
+    template_max_range: int = 10_000
     # How long ingest remembers an idempotency key.
     idempotency_ttl_s: int = 24 * 3600
 

@@ -111,18 +111,31 @@ def down() -> None:
 
 
 @templates_app.command("put")
-def templates_put(path: Annotated[Path, typer.Argument(exists=True, help="JSON file: a TemplateUpserted, or a list of them.")]) -> None:
-    """Publish templates to herald.templates."""
+def templates_put(
+    path: Annotated[Path, typer.Argument(exists=True, help="JSON file: a TemplateUpserted, or a list of them.")],
+    allow_unsafe_html: Annotated[bool, typer.Option(
+        "--allow-unsafe-html", help="Publish HTML parts that print text unescaped (|safe, autoescape off).")] = False,
+) -> None:
+    """Publish templates to herald.templates, once every part compiles and no HTML part prints text
+    unescaped (unless --allow-unsafe-html); otherwise publish nothing."""
+    from agents.template import template_problems
     from schemas.models import TemplateUpserted
     from tooling.producer import publish
     from streams.tables import template_key
 
     documents = json.loads(path.read_text())
     records = []
+    problems = []
     for document in documents if isinstance(documents, list) else [documents]:
         document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
         template = TemplateUpserted.model_validate(document)
+        problems += template_problems(template.model_dump(), allow_unsafe_html)
         records.append((template_key(template.template_id, template.locale, template.version), template))
+    if problems:
+        for problem in problems:
+            console.print(f"[red]✗[/] {escape(problem)}")
+        console.print(f"[red]nothing published[/] ({len(problems)} problem(s) in {escape(str(path))})")
+        raise typer.Exit(1)
     publish(TEMPLATES, records)
     for _, template in records:
         console.print(f"[green]✓[/] template {template.template_id} v{template.version} ({template.locale})")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from agents.template import RenderError, render
+from agents.template import RenderError, RenderLimit, render
 from tests.unit import records
 
 
@@ -99,8 +99,8 @@ def test_arithmetic_error_raises_render_error() -> None:
         render(template(records.part("email", text="{{ 1 / 0 }}")), ["email"], {"name": "A"})
 
 
-def test_huge_range_raises_render_error() -> None:
-    with pytest.raises(RenderError, match="OverflowError"):
+def test_huge_range_raises_render_limit() -> None:
+    with pytest.raises(RenderLimit, match=r"range\(\): 1,000,000,000 items, over 10,000 \(template_max_range\)"):
         render(template(records.part("email", text="{% for i in range(10**9) %}{% endfor %}")), ["email"], {"name": "A"})
 
 
