@@ -8,8 +8,8 @@ Written once for every stage. Per input topic, one Faust agent that:
 3. calls the stage's handler on the batch; if it raises, calls it on each record alone, so a
    poison record is dead-lettered alone and the rest flows on,
 4. produces every output (bundled per partition on internal topics) and waits until the broker
-   acknowledged each one (acks=all); a failed produce is retried, and past `produce_give_up_s`
-   the worker exits without acking,
+   acknowledged each one (acks=all); if the broker refuses any, the worker exits without acking
+   (the supervisor or Kubernetes starts it again, and it re-reads what was not committed),
 5. acks the batch's messages, so Faust commits their offsets; then applies the state writes.
 
 Per-key order holds: a partition's messages are handled in order, a bundle holds records of one
@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
@@ -231,20 +230,16 @@ class StageRuntime:
         return messages
 
     async def produce(self, records: list[Outgoing]) -> None:
-        """Send every output and wait for the broker's acknowledgement of each; retry what failed."""
-        pending = self.messages(records)
-        deadline = time.monotonic() + self.settings.produce_give_up_s
-        delay = 0.5
-        while pending:
-            pending = await self.send_all(pending)
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise ProduceFailed(f"{self.spec.name}: {len(pending)} message(s) not acknowledged by the broker "
-                                    f"in {self.settings.produce_give_up_s:.0f}s; exiting without committing")
-            log.warning("%s: %d message(s) not acknowledged; retrying in %.1fs", self.spec.name, len(pending), delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        """Send every output and wait for the broker's acknowledgement of each.
+
+        A failure is not retried here: the producer is idempotent, and after a refused batch its
+        sequence numbers have a gap that fails every later send, so only a new producer can go on.
+        The caller crashes the worker; its restart re-reads the uncommitted input.
+        """
+        failed = await self.send_all(self.messages(records))
+        if failed:
+            raise ProduceFailed(f"{self.spec.name}: {len(failed)} message(s) not acknowledged by the broker "
+                                f"({', '.join(sorted({topic for topic, *_ in failed}))}); exiting without committing")
 
     async def send_all(self, messages: list[tuple[str, bytes | None, bytes | None, int | None]]) -> list:
         """Send, then wait for every acknowledgement; returns the messages that failed."""

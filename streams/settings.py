@@ -32,9 +32,6 @@ class Settings(BaseSettings):
     stage_handler_records: int = 2000
     # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
     bundle_max_records: int = 500
-    # A produce the broker did not acknowledge is retried for this long, then the worker exits
-    # (its input offsets stay uncommitted, so a restart re-reads them).
-    produce_give_up_s: float = 300.0
     # Retention of the flow topics; templates and preferences are compacted and kept forever.
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
 
