@@ -14,6 +14,7 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
+import contextlib
 import hmac
 import json
 import math
@@ -313,14 +314,33 @@ class Gateway:
         return app
 
     async def on_startup(self, app: web.Application) -> None:
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
-                                         enable_idempotence=True, linger_ms=2,
-                                         max_request_size=self.settings.max_message_bytes)
-        await self.producer.start()
+        self.producer: AIOKafkaProducer | None = None  # made on the first request (see `kafka`)
 
     async def on_cleanup(self, app: web.Application) -> None:
-        await self.producer.stop()
+        await self.drop_producer()
         self.clickhouse.disconnect()
+
+    async def kafka(self) -> AIOKafkaProducer:
+        """The gateway's producer, made anew after a failure: an idempotent producer cannot send
+        again once a batch of it failed. Raises KafkaError while Kafka is away."""
+        if self.producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
+                max_request_size=self.settings.max_message_bytes,
+                request_timeout_ms=int(self.settings.gateway_produce_timeout_s * 1000))
+            try:
+                await producer.start()
+            except KafkaError:
+                await producer.stop()
+                raise
+            self.producer = producer
+        return self.producer
+
+    async def drop_producer(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):  # it failed already; what matters is the next one
+                await asyncio.wait_for(producer.stop(), timeout=5)
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -356,9 +376,11 @@ class Gateway:
         if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
             return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
         try:
-            metadata = await self.producer.send_and_wait(REQUESTS.name, value, key=key)
+            metadata = await (await self.kafka()).send_and_wait(REQUESTS.name, value, key=key)
         except KafkaError as exc:  # never a 202 for a request the broker does not have
-            return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}")
+            await self.drop_producer()
+            return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
     async def post_notification(self, request: web.Request) -> web.Response:

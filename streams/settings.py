@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     # that holds up to `gateway_rate_burst` of them (a rate of 0 turns the limit off); the bucket
     # lives in one gateway process, so N replicas let a key through up to N times as fast.
     gateway_max_batch_recipients: int = 10_000
+    # How long the gateway waits for Kafka to take a request before it answers 503.
+    gateway_produce_timeout_s: float = 10.0
     gateway_rate_per_s: float = 200.0
     gateway_rate_burst: int = 400
     # GET /metrics: when `metrics_api_key` is set, only with that key (X-API-Key or Bearer); when it

@@ -236,6 +236,9 @@ class StandInProducer:
         self.sent.append(value)
         return type("RecordMetadata", (), {"topic": topic, "partition": 0, "offset": len(self.sent)})()
 
+    async def stop(self) -> None:
+        self.stopped = True
+
 
 async def gateway_with(producer: StandInProducer, **settings: object) -> TestClient:
     return client_of(Gateway(Settings(api_key="secret", **settings)), producer)
@@ -261,14 +264,32 @@ async def test_a_request_over_the_size_limit_is_413_and_not_produced() -> None:
     assert len(producer.sent) == 1
 
 
-async def test_a_broker_that_does_not_answer_is_503_never_202() -> None:
-    from aiokafka.errors import KafkaTimeoutError
+async def test_a_broker_that_does_not_answer_is_503_never_202_and_the_producer_is_made_anew() -> None:
+    from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
 
-    async with await gateway_with(StandInProducer(KafkaTimeoutError())) as client:
+    failing = StandInProducer(KafkaTimeoutError())
+    gateway = Gateway(Settings(api_key="secret"))
+    fresh: list[StandInProducer] = []
+
+    async def kafka() -> StandInProducer:  # what Gateway.kafka does, without a broker
+        if gateway.producer is None:
+            if not fresh:
+                raise KafkaConnectionError("Kafka is still away")
+            gateway.producer = fresh.pop()  # type: ignore[assignment]
+        return gateway.producer  # type: ignore[return-value]
+
+    gateway.kafka = kafka  # type: ignore[method-assign]
+    async with client_of(gateway, failing) as client:
         for path, payload in (("/v1/notifications", REQUEST), ("/v1/notifications/batch", BATCH)):
             response = await client.post(path, data=body(payload), headers={"X-API-Key": "secret"})
             assert response.status == 503
+            assert response.headers["Retry-After"] == "1"
             assert (await response.json())["error"] == "unavailable"
+        assert getattr(failing, "stopped", False), "the failed producer was not dropped"
+        fresh.append(working := StandInProducer())
+        response = await client.post("/v1/notifications", data=body(REQUEST), headers={"X-API-Key": "secret"})
+        assert response.status == 202
+        assert len(working.sent) == 1
 
 
 # --- limits on what a request may hold --------------------------------------------------------------------
