@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from clickhouse_driver import Client
 from clickhouse_driver import errors as ch_errors
 from clickhouse_driver.errors import ErrorCodes
@@ -558,9 +558,15 @@ class EventSink(Service):
         return refused
 
     async def commit(self, records: list[ConsumerRecord]) -> None:
+        """Commit what was written, for the partitions this sink still has."""
+        offsets = next_offsets(records)
+        assigned = self.consumer.assignment()
         try:
-            await self.consumer.commit(next_offsets(records))
-        except CommitFailedError as exc:
-            # The partitions moved to another consumer, which re-reads from the last commit;
-            # the rows written twice collapse on event_id.
+            # A rebalance during the insert may have moved partitions away: committing those
+            # raises IllegalStateError. Their new owner re-reads from the last commit; the rows
+            # written twice collapse on event_id.
+            ours = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+            if ours:
+                await self.consumer.commit(ours)
+        except (CommitFailedError, IllegalStateError) as exc:
             log.warning("sink: commit failed after a rebalance: %s", exc)
