@@ -47,6 +47,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
         broker_commit_every=1000,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4096,
+        consumer_group_instance_id=settings.worker_instance_id,
     )
     app.transport.Producer = IdempotentProducer
     return app

@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     sink_retry_max_seconds: float = 30.0
 
     app_id: str = "herald"
+    # Static group membership (Kafka's group.instance.id): a worker started again with the same id
+    # takes its partitions back at once instead of after the dead member's session times out. It
+    # must be unique among a stage's running workers; the local supervisor sets one per stage.
+    worker_instance_id: str | None = None
 
     # Delivery: tasks in flight per deliver agent, attempts before giving up, and how long the
     # delivered table remembers a sent notification (longer than any retry can take).
