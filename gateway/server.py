@@ -326,8 +326,7 @@ class Gateway:
         if self.producer is None:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
-                max_request_size=self.settings.max_message_bytes,
-                request_timeout_ms=int(self.settings.gateway_produce_timeout_s * 1000))
+                max_request_size=self.settings.max_message_bytes)
             try:
                 await producer.start()
             except KafkaError:
@@ -335,6 +334,10 @@ class Gateway:
                 raise
             self.producer = producer
         return self.producer
+
+    async def send(self, value: bytes, key: bytes | None) -> Any:
+        """herald.requests has the request once this returns (the broker's record metadata)."""
+        return await (await self.kafka()).send_and_wait(REQUESTS.name, value, key=key)
 
     async def drop_producer(self) -> None:
         producer, self.producer = self.producer, None
@@ -376,8 +379,9 @@ class Gateway:
         if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
             return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
         try:
-            metadata = await (await self.kafka()).send_and_wait(REQUESTS.name, value, key=key)
-        except KafkaError as exc:  # never a 202 for a request the broker does not have
+            # Bounded here: aiokafka does not expire a batch for a broker it cannot reach.
+            metadata = await asyncio.wait_for(self.send(value, key), self.settings.gateway_produce_timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a request the broker does not have
             await self.drop_producer()
             return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}",
                               headers={"Retry-After": "1"})

@@ -676,3 +676,15 @@ async def test_hostile_bodies_get_a_4xx_with_a_reason_never_a_500() -> None:
         assert (await client.get("/health")).status == 200
         await accepted(client, SINGLE, REQUEST)
     assert len(producer.sent) == 1
+
+
+async def test_a_broker_that_never_answers_is_503_after_the_produce_timeout() -> None:
+    import asyncio
+
+    class Hanging(StandInProducer):
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> object:
+            await asyncio.sleep(3600)  # aiokafka, for a broker it cannot reach
+
+    async with await gateway_with(Hanging(), gateway_produce_timeout_s=0.2) as client:
+        response = await client.post("/v1/notifications", data=body(REQUEST), headers={"X-API-Key": "secret"})
+        assert response.status == 503
