@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HERALD_DATA_DIR ?= $(CURDIR)/.herald
 
-.PHONY: venv infra setup run test unit integration bench down clean fuzz
+.PHONY: venv infra setup run test unit integration chaos bench down clean fuzz
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,17 @@ fuzz: venv
 integration: setup
 	HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests/integration -q
 
+# Unit, integration and the chaos suite's short version (tests/chaos, ~8 min, on a private stack).
 test: setup
 	HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests -q
+
+# The chaos suite's long version: faults injected into a private stack of its own (free loopback
+# ports, a temporary data directory), never into the servers above. One JSON line of figures per
+# scenario, also appended to $(HERALD_DATA_DIR)/chaos/results.jsonl. HERALD_CHAOS_SEED=n repeats a run.
+chaos: venv
+	deploy/local/kafka.sh fetch
+	deploy/local/clickhouse.sh install
+	HERALD_CHAOS=long HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests/chaos -q -s -rxX
 
 down:
 	-$(BIN)/herald down

@@ -4,11 +4,18 @@
 and every submission, repeats included, is a line of `<dir>/received.jsonl`. Like a real provider
 honouring an idempotency key, a repeat of a Message-ID it already holds is acknowledged and not stored
 again; the line says `"duplicate": true`, so benchmarks and tests count repeats honestly.
+
+For the chaos tests it can also misbehave like a struggling provider (settings `mailbox_fail_rate`,
+`mailbox_timeout_rate`, `mailbox_timeout_s`): a share of the SMTP transactions gets a 4xx on one of
+MAIL, RCPT or DATA, another share stalls there longer than the client waits. Neither stores the message.
+Every fault injected is a line of `<dir>/faults.jsonl`.
 """
 
 import asyncio
 import json
+import random
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +27,16 @@ from email.policy import compat32
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from streams.settings import Settings, get_settings
+
 RECEIPTS = "received.jsonl"
+FAULTS = "faults.jsonl"
+# The reply of a failing command (RFC 3463 enhanced codes; all transient, so a client retries).
+FAILURE_REPLIES = {
+    "MAIL": "451 4.3.0 Temporary local problem, try again later",
+    "RCPT": "450 4.2.1 Mailbox busy, try again later",
+    "DATA": "452 4.3.1 Insufficient system storage, try again later",
+}
 HEADERS = BytesParser(policy=compat32)
 
 
@@ -44,14 +60,89 @@ def read_receipts(directory: Path) -> Iterator[Receipt]:
                 yield Receipt(**json.loads(line))
 
 
+@dataclass(frozen=True)
+class Fault:
+    kind: str  # "fail" (a 4xx reply) or "timeout" (a stall, then a 4xx nobody waits for)
+    command: str  # MAIL, RCPT or DATA
+
+
+@dataclass(frozen=True)
+class Faults:
+    """How often the mailbox misbehaves, drawn once per SMTP transaction (see the module docstring)."""
+
+    fail_rate: float = 0.0
+    timeout_rate: float = 0.0
+    timeout_s: float = 15.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.fail_rate and 0 <= self.timeout_rate and self.fail_rate + self.timeout_rate <= 1):
+            raise ValueError(f"mailbox fault rates must be >= 0 and add up to at most 1: {self}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"mailbox_timeout_s must be positive: {self.timeout_s}")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Faults":
+        stall = settings.mailbox_timeout_s if settings.mailbox_timeout_s is not None else settings.smtp_timeout_s + 5
+        return cls(settings.mailbox_fail_rate, settings.mailbox_timeout_rate, stall)
+
+    def __bool__(self) -> bool:
+        return self.fail_rate + self.timeout_rate > 0
+
+    def draw(self, rng: random.Random) -> Fault | None:
+        """This transaction's fault, if any; the command it hits is drawn too."""
+        if not self:
+            return None
+        roll = rng.random()
+        kind = "fail" if roll < self.fail_rate else "timeout" if roll < self.fail_rate + self.timeout_rate else None
+        return Fault(kind, rng.choice(tuple(FAILURE_REPLIES))) if kind else None
+
+
 class MailboxHandler:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, faults: Faults = Faults(), rng: random.Random | None = None) -> None:
         self.directory = directory
         (directory / "messages").mkdir(parents=True, exist_ok=True)
         self.seen = {receipt.message_id for receipt in read_receipts(directory)}
         self.receipts = (directory / RECEIPTS).open("a", buffering=1)
+        self.faults = faults
+        self.rng = rng or random.Random()
+        # The fault drawn for each open transaction, by its envelope: aiosmtpd makes a new Envelope for
+        # every transaction (after DATA and on RSET), and MAIL begins each.
+        self.pending: weakref.WeakKeyDictionary[Envelope, Fault] = weakref.WeakKeyDictionary()
+        self.fault_log = (directory / FAULTS).open("a", buffering=1) if faults else None
+
+    async def inject(self, envelope: Envelope, command: str) -> str | None:
+        """The reply of an injected fault on this command, after the stall of a timeout; None: no fault."""
+        fault = self.pending.get(envelope)
+        if fault is None or fault.command != command:
+            return None
+        del self.pending[envelope]
+        assert self.fault_log is not None
+        self.fault_log.write(json.dumps({"kind": fault.kind, "command": command, "at_ms": time.time() * 1000}) + "\n")
+        if fault.kind == "timeout":
+            await asyncio.sleep(self.faults.timeout_s)  # the client gives up and hangs up first
+        return FAILURE_REPLIES[command]
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          mail_options: list[str]) -> str:
+        if fault := self.faults.draw(self.rng):
+            self.pending[envelope] = fault
+        if reply := await self.inject(envelope, "MAIL"):
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        if reply := await self.inject(envelope, "RCPT"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if reply := await self.inject(envelope, "DATA"):
+            return reply
         content = envelope.content if isinstance(envelope.content, bytes) else envelope.content.encode()
         # Headers only, compat32: the default policy's header objects cost the provider most of its CPU.
         message = HEADERS.parsebytes(content, headersonly=True)
@@ -68,11 +159,15 @@ class MailboxHandler:
         return "250 OK already delivered" if duplicate else "250 OK queued"
 
 
-def serve(directory: Path, host: str, port: int) -> None:
-    """Run until interrupted."""
-    controller = Controller(MailboxHandler(directory), hostname=host, port=port)
+def serve(directory: Path, host: str, port: int, faults: Faults | None = None) -> None:
+    """Run until interrupted; faults from the settings unless given."""
+    faults = Faults.from_settings(get_settings()) if faults is None else faults
+    controller = Controller(MailboxHandler(directory, faults), hostname=host, port=port)
     controller.start()
     print(f"mailbox: SMTP on {host}:{port}, messages in {directory}", flush=True)
+    if faults:
+        print(f"mailbox: injecting faults: {faults.fail_rate:.0%} of transactions fail with 4xx, "
+              f"{faults.timeout_rate:.0%} stall {faults.timeout_s:g}s", flush=True)
     try:
         asyncio.run(asyncio.Event().wait())
     except KeyboardInterrupt:

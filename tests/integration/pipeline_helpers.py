@@ -13,7 +13,7 @@ from typing import Any
 
 import fastavro
 from clickhouse_driver import Client
-from kafka import KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer
 
 from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.ids import notification_id
@@ -86,6 +86,16 @@ class Mail:
     def submissions(self) -> Counter[str]:
         return Counter(r.notification_id for r in read_receipts(self.directory) if r.notification_id in self.ids)
 
+    def tally(self) -> tuple[Counter[str], Counter[str]]:
+        """Per notification: the submissions the mailbox stored, and the repeats it recognised by
+        Message-ID and acknowledged without storing (resends absorbed by the idempotency key)."""
+        stored: Counter[str] = Counter()
+        repeats: Counter[str] = Counter()
+        for receipt in read_receipts(self.directory):
+            if receipt.notification_id in self.ids:
+                (repeats if receipt.duplicate else stored)[receipt.notification_id] += 1
+        return stored, repeats
+
     def wait_for_all(self, timeout: float) -> Counter[str]:
         deadline = time.monotonic() + timeout
         received = self.submissions()
@@ -100,6 +110,15 @@ class Mail:
 
     def stored(self, domain: str) -> int:
         return sum((self.directory / "messages" / f"{i}@{domain}.eml").exists() for i in self.ids)
+
+
+def group_sizes(kafka: str, groups: list[str]) -> dict[str, int]:
+    """Members of each consumer group."""
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    try:
+        return {group: len(found["members"]) for group, found in admin.describe_groups(groups).items()}
+    finally:
+        admin.close()
 
 
 def statuses(clickhouse: Client, tenant: str) -> dict[str, set[str]]:

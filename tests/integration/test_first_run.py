@@ -8,9 +8,6 @@ touched: every pid file, log and data file of this stack lives under the test's 
 """
 
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,52 +17,19 @@ import pytest
 from kafka.admin import KafkaAdminClient
 
 from sinks.clickhouse_client import connect
-from streams.settings import REPO_ROOT, Settings, get_settings
+from streams.settings import REPO_ROOT, Settings
 from streams.topics import CATALOG
-from tooling.local import down, gateway_healthy, infrastructure, up, workers_ready
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+from tests.stack import private_stack, require_stack_tools
+from tooling.local import gateway_healthy, infrastructure, up, workers_ready
 
 
 @pytest.fixture
-def fresh_stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def fresh_stack(tmp_path: Path) -> Iterator[Settings]:
     """Settings and environment (inherited by the scripts and Herald's processes) of a stack that
     has never run; everything it started is stopped at the end."""
-    missing = [tool for tool in ("java", "clickhouse-server") if shutil.which(tool) is None]
-    if missing:
-        message = f"{', '.join(missing)} not installed; `make setup` installs them"
-        if os.environ.get("HERALD_REQUIRE_SERVERS") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    data_dir = tmp_path / "herald"
-    kafka, controller, clickhouse, clickhouse_http, smtp, gateway = free_ports(6)
-    environment = {
-        "HERALD_DATA_DIR": str(data_dir),
-        "HERALD_CACHE_DIR": os.environ.get("HERALD_CACHE_DIR") or str(get_settings().data_dir / "cache"),
-        "HERALD_KAFKA_PORT": str(kafka),
-        "HERALD_KAFKA_CONTROLLER_PORT": str(controller),
-        "HERALD_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
-        "HERALD_CLICKHOUSE_PORT": str(clickhouse),
-        "HERALD_CLICKHOUSE_HTTP_PORT": str(clickhouse_http),
-        "HERALD_SMTP_PORT": str(smtp),
-        "HERALD_GATEWAY_PORT": str(gateway),
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    settings = Settings()
-    assert settings.data_dir == data_dir and settings.kafka_bootstrap == f"127.0.0.1:{kafka}"
-    yield settings
-    # `down` stops what the pid files under HERALD_DATA_DIR name: make sure that is still ours.
-    assert os.environ["HERALD_DATA_DIR"] == str(data_dir)
-    down(settings, lambda line: None)
+    require_stack_tools()
+    with private_stack(tmp_path / "herald") as settings:
+        yield settings
 
 
 def herald(*args: str) -> str:

@@ -6,21 +6,22 @@ import signal
 import subprocess
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 from clickhouse_driver import Client
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from schemas.serde import AvroSerde
+from tooling.bench import herald_processes
 from tooling.local import start_mailbox, stop_process
 from tooling.processes import stage_command
 from streams.settings import Settings
 from streams.topics import DLQ, REJECTED, REQUESTS
 from tests.integration.pipeline_helpers import (
-    Mail, events_with, new_tenant, produce, put_template, request, set_preferences, statuses, wait_for_statuses,
+    Mail, events_with, group_sizes, new_tenant, produce, put_template, request, set_preferences, statuses,
+    wait_for_statuses,
 )
 
 RUN = uuid.uuid4().hex[:8]
@@ -142,17 +143,10 @@ def test_bad_input_ends_with_a_reason_and_the_workers_keep_going(
     assert stored == [(1,)], "the undecodable request is not in ClickHouse's dead_letters"
 
 
-def stage_pids(stages: tuple[str, ...]) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"tooling.cli" in cmdline and b"--stage" in cmdline and cmdline[cmdline.index(b"--stage") + 1].decode() in stages:
-                pids.append(int(entry.name))
-    return pids
+def stage_pids(settings: Settings, stages: tuple[str, ...]) -> list[int]:
+    """The workers of these stages in this stack only: a private stack on the machine (the chaos
+    tests', a colleague's) runs workers with the same command line."""
+    return [pid for pid, role in herald_processes(settings).items() if role in stages]
 
 
 def test_workers_killed_mid_run_lose_nothing_and_send_nothing_twice(
@@ -164,7 +158,7 @@ def test_workers_killed_mid_run_lose_nothing_and_send_nothing_twice(
     while len(mail.submissions()) < 500:
         time.sleep(0.2)
     stages = ("ingest", "validate", "template", "route", "deliver", "track")
-    killed = stage_pids(stages)
+    killed = stage_pids(pipeline, stages)
     assert len(killed) == len(stages)
     for pid in killed:
         os.kill(pid, signal.SIGKILL)  # the supervisor (`herald worker --stage all`) starts them again
@@ -178,14 +172,6 @@ def test_workers_killed_mid_run_lose_nothing_and_send_nothing_twice(
     assert mail.stored(pipeline.email_domain) == 5000
     resent = sum(count - 1 for count in received.values())
     assert resent <= pipeline.deliver_concurrency, f"{resent} resubmissions for {pipeline.deliver_concurrency} in flight"
-
-
-def group_sizes(kafka: str, groups: list[str]) -> dict[str, int]:
-    admin = KafkaAdminClient(bootstrap_servers=kafka)
-    try:
-        return {group: len(found["members"]) for group, found in admin.describe_groups(groups).items()}
-    finally:
-        admin.close()
 
 
 def test_stages_scaled_out_and_back_in_mid_run_lose_nothing(
