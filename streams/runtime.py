@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import uuid
 import zlib
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
@@ -118,7 +119,10 @@ class StageRuntime:
         await self.emit(out, "")
         chunk = getattr(self.settings, self.spec.chunk_setting)
         for start in range(0, len(batch), chunk):
-            await self.emit(await self.handle(batch[start:start + chunk]), batch[start].position)
+            # A block id of its own for each write: a replayed chunk skips what it finds done, so
+            # its block must not replace the one that recorded those entries.
+            block_id = f"{batch[start].position}~{uuid.uuid4().hex}"
+            await self.emit(await self.handle(batch[start:start + chunk]), block_id)
 
     async def emit(self, out: Outputs, block_id: str) -> None:
         """Produce a chunk's outputs and state; once acknowledged, fold the state into its tables."""

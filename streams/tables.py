@@ -177,10 +177,11 @@ class PreferenceTable(FoldedTable):
 class StateTable(FoldedTable):
     """A stage's own state: key → small JSON value, folded from a compacted topic the stage writes.
 
-    The topic holds blocks, not one record per key: one record per batch of the stage, keyed by a
-    block id (where the batch started in its input log), whose value is the batch's writes,
-    `{"at": epoch seconds, "entries": {key: value}}`. A batch then costs one produce instead of one
-    per key, and a replayed batch rewrites the same block. Writes are outputs of the handler
+    The topic holds blocks, not one record per key: one record per chunk of the stage, keyed by a
+    block id of its own (where the chunk started in its input log, and a random part), whose value
+    is the chunk's writes, `{"at": epoch seconds, "entries": {key: value}}`. A chunk then costs one
+    produce instead of one per key. A replayed chunk writes a new block: it skips what it finds done,
+    so it must not replace the block that recorded that. Writes are outputs of the handler
     (`Outputs.put_state`): the runtime produces the block with the batch's other records and folds
     it here once the broker acknowledged it, so when an input offset is committed its state change
     is in Kafka. `purge` tombstones blocks older than `ttl_s`, which keeps memory bounded.

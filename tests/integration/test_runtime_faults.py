@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +342,48 @@ def test_a_record_that_makes_the_handler_raise_is_dead_lettered_and_the_rest_of_
     assert (letter["topic"], letter["partition"], letter["offset"]) == (VALIDATED.name, sent.partition, sent.offset)
     assert letter["original_value"] == encoded[10][1], "the dead letter does not hold the poison record"
     assert not Mail(pipeline, [str(poison["notification_id"])]).submissions(), "the poison record was delivered"
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. A rebalance of the deliver group while retries wait in a retry topic
+
+
+def test_a_rebalance_during_a_retry_backlog_completes_in_seconds(
+    pipeline: Settings, producer: KafkaProducer, serde: AvroSerde, kafka: str
+) -> None:
+    """200 tasks wait in herald.retry.30s, due in 45 s. A deliver worker that held them until due
+    would keep a rebalance waiting that long (Faust waits for unacked messages); the retry agent
+    holds them at most `retry_hold_s`, so a second deliver worker joins in seconds. The tasks are
+    delivered once, when due."""
+    from tests.unit import records
+    from tooling.processes import stage_command
+
+    tenant, due = new_tenant(), datetime.now(timezone.utc) + timedelta(seconds=45)
+    tasks = [records.delivery_task(notification_id=uuid.uuid4(), tenant=tenant, attempt=1, due_at=due,
+                                   address=f"backlog-{i}-{RUN}@example.com",
+                                   recipient=records.recipient(user_id=f"backlog-{i}-{RUN}"))
+             for i in range(200)]
+    retry = "herald.retry.30s"
+    keyed = [(task["recipient"]["user_id"].encode(), serde.encode("DeliveryTask", task)) for task in tasks]
+    for key, value in keyed:
+        producer.send(retry, key=key, value=bundle(serde, [(key, value)]),
+                      partition=partition_for(key, pipeline.topic_partitions))
+    producer.flush()
+    mail = Mail(pipeline, [str(task["notification_id"]) for task in tasks])
+    time.sleep(5)  # the retry agents have taken the backlog
+    admin = KafkaAdminClient(bootstrap_servers=kafka)
+    extra = subprocess.Popen(stage_command("deliver", "warn"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        started = time.monotonic()
+        joined = wait_until(lambda: (lambda group: group["group_state"] == "Stable" and len(group["members"]) == 2)(
+            admin.describe_groups(["herald-deliver"])["herald-deliver"]), 40, "the second deliver worker to join")
+        join_s = time.monotonic() - started
+        assert joined and join_s < 30, f"the rebalance took {join_s:.1f}s with a retry backlog"
+    finally:
+        extra.terminate()
+        extra.wait(timeout=60)
+        admin.close()
+    assert datetime.now(timezone.utc) < due, "the join waited for the backlog to come due"
+    received = mail.wait_for_all(timeout=180)
+    assert len(received) == 200, f"{200 - len(received)} of 200 retried tasks never delivered"
+    assert mail.stored(pipeline.email_domain) == 200

@@ -238,3 +238,11 @@ def test_encoded_blocks_split_and_fold_back() -> None:
     for key, value in records:
         table.fold(key, table.decode(value))
     assert len(table) == len(writes) and table.get("k0") == 0
+
+
+def test_a_new_block_never_forgets_the_entries_of_another() -> None:
+    table = state_table()
+    now = time.time()
+    table.fold(b"herald.deliver.email/0/5~a", {"at": now, "entries": {"n1/email": True, "n2/email": True}})
+    table.fold(b"herald.deliver.email/0/5~b", {"at": now, "entries": {"n3/email": True}})  # the replay's
+    assert [table.get(k) for k in ("n1/email", "n2/email", "n3/email")] == [True, True, True]
