@@ -30,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import MemberToRemove
-from kafka.errors import KafkaError
+from kafka import KafkaProducer
 
 from sinks.clickhouse_client import connect
 from streams.settings import REPO_ROOT, Settings
@@ -322,32 +320,13 @@ class ChaosStack:
         subprocess.run([str(DEPLOY / f"{name}.sh"), action], check=True, capture_output=True, timeout=180)
         return time.monotonic() - started
 
-    def restart_workers(self, variables: Mapping[str, str | None], remove_static: str | None = None) -> None:
+    def restart_workers(self, variables: Mapping[str, str | None]) -> None:
         """The workers (`herald worker --stage all`) stopped, then started with these environment
-        variables (Faust reads e.g. BROKER_SESSION_TIMEOUT, CONSUMER_GROUP_INSTANCE_ID from it).
-
-        A static member (group.instance.id) does not leave its group when it stops: it holds its
-        partitions until its session times out, and a group still listing it looks settled to
-        `workers_ready`. `remove_static` names such an instance id to remove from every stage's
-        group (an admin LeaveGroup, KIP-345) before the new workers start."""
+        variables (Faust reads e.g. BROKER_SESSION_TIMEOUT from it). The supervisor gives them the
+        same static membership ids as before, so each takes its predecessor's place at once."""
         stop_process(self.settings, "workers")
-        if remove_static:
-            self.remove_static_members(remove_static)
         with environment(variables):
             start_herald(self.settings, lambda line: None)
-
-    def remove_static_members(self, instance_id: str) -> None:
-        from agents.registry import STAGES
-
-        admin = KafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        try:
-            for spec in STAGES.values():
-                try:
-                    admin.remove_group_members(spec.app_id(self.settings), [MemberToRemove(group_instance_id=instance_id)])
-                except KafkaError:
-                    pass  # not a member (any more): nothing to remove
-        finally:
-            admin.close()
 
     @contextmanager
     def mailbox_faults(self, fail_rate: float, timeout_rate: float) -> Iterator[None]:

@@ -5,15 +5,16 @@ to the first notification produced after the kill that made it through: delivere
 or for track (the ClickHouse sink) its `sent` event in ClickHouse. The figures also say when the
 supervisor had the new worker running, and why the broker rebalanced the group meanwhile.
 
-With Faust's defaults the dead member holds its partitions until its session times out
-(`broker_session_timeout`, 60 s). The long version also measures configurations the Herald
-workers can be given through Faust's environment variables, each on all the stages' workers:
-a 10 s session timeout (BROKER_SESSION_TIMEOUT), and static membership (CONSUMER_GROUP_INSTANCE_ID:
-the restarted worker takes its predecessor's place without waiting for its session to end), alone
-and with the 10 s session. Under each it then runs a 20,000 burst without faults and counts the
-rebalances the broker logs, which should be none (a false one: a live worker's session expiring).
-The price of static membership: a worker that stops does not leave its group, so its partitions
-wait out its session (see harness.ChaosStack.restart_workers).
+The supervisor gives each stage's worker a static group membership id (`worker_instance_id`), so
+the restarted worker takes its predecessor's place at once; without it, the dead member held its
+partitions until its session timed out (`broker_session_timeout`, 60 s: ~60 s to recover). The
+ClickHouse sink is a plain aiokafka consumer with its own 10 s session. The long version kills
+ingest, deliver and track, then runs a 20,000 burst without faults and counts the rebalances the
+broker logs, which should be none (a false one: a live worker's session expiring); then does it
+all again with a 10 s session timeout (Faust reads BROKER_SESSION_TIMEOUT from the environment), to
+show that so short a session makes no false rebalance under load: it is the setting that bounds
+recovery (to ~10 s, measured with dynamic membership) where a worker comes back without its static
+id, such as a rescheduled pod.
 """
 
 import time
@@ -24,17 +25,10 @@ import pytest
 from tests.chaos.harness import LONG, ChaosStack, elapsed, new_tenant, poll, reason_kind, sized
 
 # Faust settings through its environment (faust.types.settings: env_name), applied to every worker.
-# Static members do not leave their groups when they stop: going back to the default configuration
-# removes them (harness.restart_workers), or the next scenario would wait out their session.
-CONFIGS: dict[str, dict[str, str | None]] = {
-    "default": {},
-    "session_10s": {"BROKER_SESSION_TIMEOUT": "10"},
-    "static_session_10s": {"CONSUMER_GROUP_INSTANCE_ID": "herald-chaos", "BROKER_SESSION_TIMEOUT": "10"},
-    "static": {"CONSUMER_GROUP_INSTANCE_ID": "herald-chaos"},
-}
-# The stages killed: the long version kills ingest (the first), deliver and track (the sink) under the
-# default configuration, and deliver under the others.
+CONFIGS: dict[str, dict[str, str | None]] = {"stack": {}, "session_10s": {"BROKER_SESSION_TIMEOUT": "10"}}
 STAGES = sized(("deliver",), ("deliver", "ingest", "track"))
+# A killed stage must deliver again within this (~4 s measured; the sink's own session is 10 s).
+RECOVERY_BOUND_S = 20.0
 TRICKLE_RATE = 20.0
 RECOVERY_TIMEOUT_S = 180.0
 BURST = 20_000  # the long version's fault-free burst, as `make bench` runs it
@@ -88,7 +82,7 @@ def burst_rebalances(stack: ChaosStack) -> dict[str, Any]:
             "false_rebalances": len(rebalances), "false_rebalance_reasons": sorted({reason_kind(r) for _, r in rebalances})}
 
 
-@pytest.mark.parametrize("config", list(CONFIGS) if LONG else ["default"])
+@pytest.mark.parametrize("config", list(CONFIGS) if LONG else ["stack"])
 def test_recovery_time_after_a_sigkill(chaos_stack: ChaosStack, config: str) -> None:
     stack = chaos_stack
     stack.ensure_up()
@@ -97,22 +91,23 @@ def test_recovery_time_after_a_sigkill(chaos_stack: ChaosStack, config: str) -> 
     if variables:
         stack.restart_workers(variables)
         stack.ensure_up()
-    stages = STAGES if config == "default" else ("deliver",)
     try:
-        runs = [measure(stack, stage) for stage in stages]
+        runs = [measure(stack, stage) for stage in STAGES]
         burst = burst_rebalances(stack) if LONG else {}
     finally:
         if variables:  # back to the stack's own configuration for the scenarios after this one
-            stack.restart_workers({name: None for name in variables},
-                                  remove_static=variables.get("CONSUMER_GROUP_INSTANCE_ID"))
+            stack.restart_workers({name: None for name in variables})
     recovered = [run["recovered_s"] for run in runs]
     stack.report("recovery_time", {
-        "config": config, "faust_env": variables, "recovery_s": dict(zip(stages, recovered)),
+        "config": config, "faust_env": variables, "recovery_s": dict(zip(STAGES, recovered)),
         "restart_s": {run["stage"]: run["restarted_s"] for run in runs}, **burst, "runs": runs,
         "duration_s": elapsed(started),
     }, {
-        "recovered": (None not in recovered, f"a stage did not recover in {RECOVERY_TIMEOUT_S:.0f}s: {recovered}"),
+        "recovered": (None not in recovered and max(recovered) <= RECOVERY_BOUND_S,
+                      f"recovery over {RECOVERY_BOUND_S:.0f}s: {dict(zip(STAGES, recovered))}"),
         "lost": (all(run["lost"] == 0 for run in runs), f"notifications lost: {[run['lost'] for run in runs]}"),
         "stored_twice": (all(run["stored_twice"] == 0 for run in runs), "stored twice"),
         "burst": (not burst or burst["burst_lost"] == 0, f"the burst lost {burst.get('burst_lost')}"),
+        "no_false_rebalance": (not burst or burst["false_rebalances"] == 0,
+                               f"rebalances during a fault-free burst: {burst.get('false_rebalance_reasons')}"),
     })

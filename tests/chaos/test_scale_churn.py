@@ -1,8 +1,8 @@
 """Scenario 5: two workers per stage, and every 20 s one more joins and one leaves, while notifications flow.
 
 Beside the supervisor's worker of each stage, the test runs a second one; each cycle starts a new
-second worker of every stage, waits until it is in its stage's consumer group (at most 40 s: six
-workers starting at once on two cores take 10-20 s), then stops the old one (SIGTERM: a graceful
+second worker of every stage, waits until it is in its stage's consumer group (at most 90 s: six
+workers starting at once on two cores take 10-20 s, more under load), then stops the old one (SIGTERM: a graceful
 scale-in that leaves the group). Every cycle therefore rebalances every group twice, deliver's and
 the ClickHouse sink's included.
 
