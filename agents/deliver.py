@@ -14,14 +14,14 @@ them back when due. After the last attempt: a `failed` and a `dead_lettered` eve
 """
 
 import asyncio
+import hashlib
 import logging
 import random
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from agents.channels import CHANNELS
 from agents.channels.base import ChannelAdapter, Outcome, Result
-from agents.channels.email import EmailAdapter
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
 from streams.topics import (DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY, RETRY_DELAYS_S,
@@ -43,7 +43,9 @@ def due_in_s(delay_s: int, outcome: Outcome) -> float:
 
 
 def delivered_key(task: dict[str, Any]) -> str:
-    return f"{task['notification_id']}/{task['channel']}"
+    """A delivery's key in the delivered table: a channel may deliver to several addresses (devices)."""
+    digest = hashlib.blake2b(task["address"].encode(), digest_size=6).hexdigest()
+    return f"{task['notification_id']}/{task['channel']}/{digest}"
 
 
 async def deliver(batch: list[Incoming], context: Context) -> Outputs:
@@ -140,18 +142,14 @@ def due_in(task: dict[str, Any]) -> float:
     return (task["due_at"] - now_utc()).total_seconds() if task["due_at"] else 0.0
 
 
-# The provider adapter of each channel that has one; deliver reads those channels' topics.
-ADAPTERS: dict[str, Callable[[Settings], ChannelAdapter]] = {"email": EmailAdapter}
-
-
 def adapters(settings: Settings) -> dict[str, ChannelAdapter]:
-    return {channel: make(settings) for channel, make in ADAPTERS.items()}
+    return {name: channel.adapter(settings) for name, channel in CHANNELS.items()}
 
 
 DELIVER_STAGE = StageSpec(
     name="deliver",
     doc=__doc__ or "",
-    inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in ADAPTERS), *RETRY),
+    inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in CHANNELS), *RETRY),
     outputs=(*RETRY, *DELIVER, DLQ, EVENTS, DELIVERED),
     handle=deliver,
     state=(StateSpec(DELIVERED, "delivered_ttl_s"),),

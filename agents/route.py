@@ -1,12 +1,15 @@
 """route: herald.rendered → herald.deliver.<channel>[.high], one DeliveryTask per channel.
 
 Applies the user's preferences: a channel the user opted out of for this category (or for '*'),
-or one with no address to deliver to, is suppressed with a lifecycle event saying why. High-priority
+or one with no address to deliver to, is suppressed with a lifecycle event saying why. Each channel
+(agents/channels) says where its addresses come from; a channel with several (push: one per
+device) gets one task per address. High-priority
 tasks go to the .high topics, which the deliver stage reads apart from bulk.
 """
 
 from typing import Any, NamedTuple
 
+from agents.channels import CHANNELS
 from streams.stage import Context, Incoming, Outputs, StageSpec
 from streams.topics import DELIVER, DELIVER_BY_NAME, EVENTS, RENDERED, deliver_topic
 
@@ -24,23 +27,6 @@ def opted_out(preferences: dict[str, Any] | None, category: str, channel: str) -
     )
 
 
-def address(channel: str, recipient: dict[str, Any], preferences: dict[str, Any] | None) -> str | None:
-    """Where to deliver on a channel: the request's contact first, then the user's preferences."""
-    preferences = preferences or {}
-    if channel == "email":
-        return recipient["email"] or preferences.get("email")
-    if channel == "sms":
-        return recipient["phone"] or preferences.get("phone")
-    if channel == "push":
-        tokens = recipient["push_tokens"] or preferences.get("push_tokens") or []
-        return tokens[0] if tokens else None
-    if channel == "in_app":
-        return recipient["user_id"]
-    if channel == "chat":
-        return preferences.get("chat_webhook")
-    raise ValueError(f"unknown channel {channel}")
-
-
 def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str) -> dict[str, Any]:
     fields = ("notification_id", "tenant", "recipient", "template_id", "template_version", "category",
               "priority", "fallback_channel", "requested_at", "received_at", "metadata")
@@ -50,19 +36,22 @@ def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str
 
 
 def route(notification: dict[str, Any], preferences: dict[str, Any] | None) -> tuple[list[dict[str, Any]], list[Suppression]]:
-    """Delivery tasks for the channels that stay, and why the others were suppressed."""
+    """Delivery tasks for the channels that stay (one per address), and why the others were suppressed."""
     tasks, suppressed = [], []
     for content in notification["rendered"]:
-        channel = content["channel"]
-        if opted_out(preferences, notification["category"], channel):
-            suppressed.append(Suppression(channel, "opted_out",
-                                          f"user opted out of {channel} for '{notification['category']}'"))
+        name = content["channel"]
+        if opted_out(preferences, notification["category"], name):
+            suppressed.append(Suppression(name, "opted_out", f"user opted out of {name} for '{notification['category']}'"))
             continue
-        to = address(channel, notification["recipient"], preferences)
-        if not to:
-            suppressed.append(Suppression(channel, "no_address", f"no {channel} address for the user"))
+        channel = CHANNELS.get(name)
+        if channel is None:  # validate refuses these; a notification from before a channel was removed
+            suppressed.append(Suppression(name, "channel_unavailable", f"Herald has no {name} channel"))
             continue
-        tasks.append(delivery_task(notification, content, to))
+        addresses = channel.addresses(notification["recipient"], preferences)
+        if not addresses:
+            suppressed.append(Suppression(name, "no_address", f"no {channel.contact} for the user"))
+            continue
+        tasks.extend(delivery_task(notification, content, to) for to in addresses)
     return tasks, suppressed
 
 

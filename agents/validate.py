@@ -1,13 +1,14 @@
 """validate: herald.accepted → herald.validated, or herald.rejected with a reason code.
 
-Checks the recipient, that the template exists, that every variable it declares is supplied, the
-contacts of the chosen channels, and sizes. It also settles the notification's channels: the ones
+Checks the recipient, that the template exists, that every variable it declares is supplied, sizes,
+that Herald has the channels asked for, and each chosen channel's addresses (the channel's own check,
+agents/channels). It also settles the notification's channels: the ones
 asked for, or every channel the template has a part for.
 """
 
 from typing import Any, NamedTuple
 
-from agents.channels.email import email_address
+from agents.channels import CHANNELS
 from streams.stage import Context, Incoming, Outputs, StageSpec
 from streams.topics import ACCEPTED, EVENTS, REJECTED, VALIDATED
 
@@ -19,10 +20,6 @@ MAX_TOTAL_BYTES = 128 * 1024
 class Problem(NamedTuple):
     reason_code: str
     detail: str
-
-
-def contact_email(notification: dict[str, Any], preferences: dict[str, Any] | None) -> str | None:
-    return notification["recipient"]["email"] or (preferences or {}).get("email")
 
 
 def size_problem(notification: dict[str, Any]) -> Problem | None:
@@ -56,16 +53,27 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
     if problem:
         return problem
     offered = [part["channel"] for part in template["parts"]]
-    channels = [c for c in notification["channels"] if c in offered] if notification["channels"] else offered
+    asked = notification["channels"]
+    unavailable = [name for name in asked if name not in CHANNELS]
+    if unavailable:
+        return Problem("channel_unavailable", f"Herald has no {', '.join(unavailable)} channel; it has {', '.join(CHANNELS)}")
+    # Without channels asked for: every channel the template has a part for that Herald delivers on.
+    channels = [c for c in asked if c in offered] if asked else [c for c in offered if c in CHANNELS]
     if not channels:
-        return Problem("no_channel", f"template has parts for {offered}, the request asked for {notification['channels']}")
-    email = contact_email(notification, preferences)
-    if "email" in channels and email is not None:
-        try:
-            email_address(email)
-        except ValueError as exc:
-            return Problem("invalid_email", f"'{email}': {exc}")
-    return channels
+        return Problem("no_channel", f"template has parts for {offered}, the request asked for {asked}")
+    return address_problem(notification, channels, preferences) or channels
+
+
+def address_problem(notification: dict[str, Any], channels: list[str], preferences: dict[str, Any] | None) -> Problem | None:
+    """The first address (from the request or preferences) a channel says is not one of its own."""
+    for name in channels:
+        channel = CHANNELS[name]
+        for address in channel.addresses(notification["recipient"], preferences):
+            try:
+                channel.normalize(address)
+            except ValueError as exc:
+                return Problem(channel.invalid_reason, f"{channel.contact} '{address}': {exc}")
+    return None
 
 
 def validate(batch: list[Incoming], context: Context) -> Outputs:

@@ -8,8 +8,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# Channel providers' settings, one class per provider, nested in Settings under the channel's name.
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=".env", extra="ignore")
+    # Nested settings (a channel's providers) read e.g. HERALD_SMS__TWILIO__ACCOUNT_SID.
+    model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=".env", extra="ignore", env_nested_delimiter="__")
 
     # Where local servers keep their data and logs (git-ignored).
     data_dir: Path = REPO_ROOT / ".herald"
@@ -116,6 +120,11 @@ class Settings(BaseSettings):
     # How long ingest remembers an idempotency key.
     idempotency_ttl_s: int = 24 * 3600
 
+    # Local provider peers (tooling/peers): one HTTP server for every HTTP provider, run by `herald up`.
+    peers_host: str = "127.0.0.1"
+    peers_port: int = 4010
+
+    # Channel providers, one nested block per channel (the classes above).
 
     @property
     def max_record_bytes(self) -> int:

@@ -44,7 +44,7 @@ def require_stack_tools() -> None:
 
 def stack_environment(data_dir: Path) -> dict[str, str]:
     """HERALD_* variables of a stack under `data_dir` on free ports, sharing the usual jar cache."""
-    kafka, controller, clickhouse, clickhouse_http, smtp, gateway = free_ports(6)
+    kafka, controller, clickhouse, clickhouse_http, smtp, gateway, peers = free_ports(7)
     return {
         "HERALD_DATA_DIR": str(data_dir),
         "HERALD_CACHE_DIR": os.environ.get("HERALD_CACHE_DIR") or str(get_settings().data_dir / "cache"),
@@ -55,6 +55,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
         "HERALD_CLICKHOUSE_HTTP_PORT": str(clickhouse_http),
         "HERALD_SMTP_PORT": str(smtp),
         "HERALD_GATEWAY_PORT": str(gateway),
+        "HERALD_PEERS_PORT": str(peers),
     }
 
 

@@ -80,6 +80,14 @@ def gateway() -> None:
 
 
 @app.command()
+def peers() -> None:
+    """Run the local HTTP provider peers (tooling/peers: SMS, push, chat) in the foreground."""
+    from tooling.peers.server import serve
+
+    serve(get_settings())
+
+
+@app.command()
 def mailbox() -> None:
     """Run the local SMTP provider (aiosmtpd) in the foreground."""
     from tooling.local import mailbox_dir

@@ -25,7 +25,7 @@ from kafka.errors import KafkaError
 from streams.settings import REPO_ROOT, Settings
 
 SCRIPTS = REPO_ROOT / "deploy" / "local"
-HERALD_PROCESSES = ("mailbox", "workers", "gateway")
+HERALD_PROCESSES = ("mailbox", "peers", "workers", "gateway")
 # One readiness probe must not outlast the wait loop's pace (kafka-python waits 30 s by default).
 PROBE_TIMEOUT_MS = 5000
 
@@ -200,11 +200,19 @@ def start_mailbox(settings: Settings) -> None:
                   f"SMTP connections accepted on {settings.smtp_host}:{settings.smtp_port}")
 
 
+def start_peers(settings: Settings) -> None:
+    start_process(settings, "peers", herald("peers"), lambda: port_open(settings.peers_host, settings.peers_port), 30,
+                  f"HTTP connections accepted on {settings.peers_host}:{settings.peers_port}")
+
+
 def start_herald(settings: Settings, say: Callable[[str], None]) -> list[str]:
-    """Start the mailbox, the workers and the gateway unless they run; returns the names started."""
+    """Start the mailbox, the provider peers, the workers and the gateway unless they run; returns the names started."""
     started = [name for name in HERALD_PROCESSES if running_pid(settings, name) is None]
     start_mailbox(settings)
     say(f"mailbox (SMTP) on {settings.smtp_host}:{settings.smtp_port}, mail in {mailbox_dir(settings)}")
+    start_peers(settings)
+    say(f"provider peers (HTTP) on {settings.peers_host}:{settings.peers_port}, "
+        f"what they receive in {settings.data_dir / 'peers'}")
     start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180,
                   f"every stage's consumer group Stable with members, on Kafka {settings.kafka_bootstrap}")
     say(f"workers: {', '.join(stage_names())}")

@@ -14,7 +14,7 @@ import aiosmtplib
 from email_validator import validate_email
 from mode import Service
 
-from agents.channels.base import SENT, Outcome, Result
+from agents.channels.base import SENT, Channel, Outcome, Result, first_of
 from streams.settings import Settings
 
 
@@ -131,3 +131,13 @@ class EmailAdapter(Service):
             return classify(exc)
         finally:
             self.pool.put_nowait(client)
+
+
+CHANNEL = Channel(
+    name="email",
+    contact="email address",
+    addresses=lambda recipient, preferences: first_of(recipient["email"], (preferences or {}).get("email")),
+    normalize=email_address,
+    invalid_reason="invalid_email",
+    adapter=EmailAdapter,
+)

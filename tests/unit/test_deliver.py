@@ -58,9 +58,10 @@ def test_due_in_ignores_an_earlier_retry_after(monkeypatch: pytest.MonkeyPatch) 
     assert due_in_s(30, outcome) == pytest.approx(24.0)
 
 
-def test_delivered_key_is_per_notification_and_channel() -> None:
+def test_delivered_key_is_per_notification_channel_and_address() -> None:
     task = records.delivery_task()
-    assert delivered_key(task) == f"{records.NOTIFICATION_ID}/email"
+    assert delivered_key(task).startswith(f"{records.NOTIFICATION_ID}/email/")
+    assert delivered_key(records.delivery_task(address="other@example.com")) != delivered_key(task)
     assert delivered_key(records.delivery_task(channel="sms")) != delivered_key(task)
     other = records.delivery_task(notification_id=uuid.UUID(int=1))
     assert delivered_key(other) != delivered_key(task)

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from agents.route import Suppression, address, delivery_task, opted_out, route
+from agents.channels import CHANNELS
+from agents.route import Suppression, delivery_task, opted_out, route
 from schemas.serde import SCHEMA_DIR
 from streams.codec import default_serde
 from tests.unit import records
@@ -80,7 +81,7 @@ def test_no_address_suppresses() -> None:
     notification = rendered("email", "sms", "push", "chat", recipient=records.recipient())
     tasks, suppressed = route(notification, None)
     assert tasks == []
-    assert suppressed == [Suppression(c, "no_address", f"no {c} address for the user")
+    assert suppressed == [Suppression(c, "no_address", f"no {CHANNELS[c].contact} for the user")
                           for c in ("email", "sms", "push", "chat")]
 
 
@@ -99,30 +100,35 @@ def test_nothing_rendered_gives_nothing() -> None:
     assert route(rendered(), full_preferences()) == ([], [])
 
 
-@pytest.mark.parametrize(("channel", "expected"), [
-    ("email", "req@example.com"), ("sms", "+15550000001"), ("push", "tok-a"), ("in_app", "user-1"),
-    ("chat", "https://chat.example.com/hook"),
-])
-def test_address_prefers_the_request(channel: str, expected: str) -> None:
-    assert address(channel, full_recipient(), full_preferences()) == expected
+def addresses(channel: str, recipient: dict, preferences: dict | None) -> list[str]:
+    return CHANNELS[channel].addresses(recipient, preferences)
 
 
 @pytest.mark.parametrize(("channel", "expected"), [
-    ("email", "pref@example.com"), ("sms", "+15550000002"), ("push", "tok-p"), ("in_app", "user-1"),
+    ("email", ["req@example.com"]), ("sms", ["+15550000001"]), ("push", ["tok-a"]), ("in_app", ["user-1"]),
+    ("chat", ["https://chat.example.com/hook"]),
 ])
-def test_address_falls_back_to_preferences(channel: str, expected: str) -> None:
-    assert address(channel, records.recipient(), full_preferences()) == expected
+def test_addresses_prefer_the_request(channel: str, expected: list[str]) -> None:
+    assert addresses(channel, full_recipient(), full_preferences()) == expected
+
+
+@pytest.mark.parametrize(("channel", "expected"), [
+    ("email", ["pref@example.com"]), ("sms", ["+15550000002"]), ("push", ["tok-p"]), ("in_app", ["user-1"]),
+])
+def test_addresses_fall_back_to_preferences(channel: str, expected: list[str]) -> None:
+    assert addresses(channel, records.recipient(), full_preferences()) == expected
 
 
 @pytest.mark.parametrize("channel", ["email", "sms", "push", "chat"])
-def test_address_is_none_without_contacts(channel: str) -> None:
-    assert address(channel, records.recipient(), None) is None
-    assert address(channel, records.recipient(), records.preferences()) is None
+def test_no_addresses_without_contacts(channel: str) -> None:
+    assert addresses(channel, records.recipient(), None) == []
+    assert addresses(channel, records.recipient(), records.preferences()) == []
 
 
-def test_address_of_an_unknown_channel_raises() -> None:
-    with pytest.raises(ValueError, match="fax"):
-        address("fax", records.recipient(), None)
+def test_a_channel_herald_does_not_have_is_suppressed() -> None:
+    notification = rendered("email", recipient=records.recipient(email="a@example.com"))
+    notification["rendered"][0]["channel"] = "fax"
+    assert route(notification, None) == ([], [Suppression("fax", "channel_unavailable", "Herald has no fax channel")])
 
 
 def test_opted_out_without_preferences_is_false() -> None:
