@@ -105,7 +105,7 @@ def addresses(channel: str, recipient: dict, preferences: dict | None) -> list[s
 
 
 @pytest.mark.parametrize(("channel", "expected"), [
-    ("email", ["req@example.com"]), ("sms", ["+15550000001"]), ("push", ["tok-a"]), ("in_app", ["user-1"]),
+    ("email", ["req@example.com"]), ("sms", ["+15550000001"]), ("push", ["tok-a", "tok-b"]), ("in_app", ["user-1"]),
     ("chat", ["https://chat.example.com/hook"]),
 ])
 def test_addresses_prefer_the_request(channel: str, expected: list[str]) -> None:
