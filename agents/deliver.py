@@ -24,8 +24,8 @@ from agents.channels import CHANNELS
 from agents.channels.base import ChannelAdapter, Outcome, Result
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
-from streams.topics import (DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY, RETRY_DELAYS_S,
-                            deliver_topic)
+from streams.topics import (CONTACTS_REMOVED, DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY,
+                            RETRY_DELAYS_S, deliver_topic)
 
 log = logging.getLogger(__name__)
 RETRY_BY_DELAY = dict(zip(RETRY_DELAYS_S, RETRY))
@@ -42,10 +42,13 @@ def due_in_s(delay_s: int, outcome: Outcome) -> float:
     return max(delay_s * random.uniform(0.8, 1.2), outcome.retry_after_s or 0.0)
 
 
+def address_digest(address: str) -> str:
+    return hashlib.blake2b(address.encode(), digest_size=6).hexdigest()
+
+
 def delivered_key(task: dict[str, Any]) -> str:
     """A delivery's key in the delivered table: a channel may deliver to several addresses (devices)."""
-    digest = hashlib.blake2b(task["address"].encode(), digest_size=6).hexdigest()
-    return f"{task['notification_id']}/{task['channel']}/{digest}"
+    return f"{task['notification_id']}/{task['channel']}/{address_digest(task['address'])}"
 
 
 async def deliver(batch: list[Incoming], context: Context) -> Outputs:
@@ -95,7 +98,8 @@ def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, o
 
 def emit(out: Outputs, task: dict[str, Any], status: str, adapter: ChannelAdapter,
          outcome: Outcome | None = None) -> None:
-    out.event(task, status, channel=task["channel"], provider=adapter.provider, attempt=task["attempt"],
+    provider = (outcome.provider if outcome else None) or adapter.provider
+    out.event(task, status, channel=task["channel"], provider=provider, attempt=task["attempt"],
               error_code=outcome.code if outcome else None, detail=outcome.detail if outcome else None)
 
 
@@ -109,11 +113,24 @@ def schedule_retry(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter
 def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAdapter) -> None:
     task = record.value
     emit(out, task, "failed", adapter, outcome)
+    if outcome.result is Result.DEAD_ADDRESS:
+        remove_contact(out, task, outcome, adapter)
+        return
     if outcome.result is Result.PERMANENT:
         return  # the provider's final word; nothing left to try
     emit(out, task, "dead_lettered", adapter, Outcome(outcome.result, "retries_exhausted", outcome.detail))
     out.dead_letter(record, "retries_exhausted", f"{task['attempt'] + 1} attempts; last: {outcome.code} {outcome.detail}",
                     notification_id=task["notification_id"])
+
+
+def remove_contact(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
+    """The provider says the address is dead: a ContactRemoved, so route stops using it for the user."""
+    user_id = task["recipient"]["user_id"]
+    removal = {"tenant": task["tenant"], "user_id": user_id, "channel": task["channel"], "address": task["address"],
+               "provider": outcome.provider or adapter.provider, "reason_code": outcome.code or "dead_address",
+               "detail": outcome.detail, "notification_id": task["notification_id"], "removed_at": now_utc()}
+    key = f"{task['tenant']}/{user_id}/{task['channel']}/{address_digest(task['address'])}"
+    out.send(CONTACTS_REMOVED, key.encode(), removal)
 
 
 async def requeue_when_due(batch: list[Incoming], context: Context) -> Outputs:
@@ -150,7 +167,7 @@ DELIVER_STAGE = StageSpec(
     name="deliver",
     doc=__doc__ or "",
     inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in CHANNELS), *RETRY),
-    outputs=(*RETRY, *DELIVER, DLQ, EVENTS, DELIVERED),
+    outputs=(*RETRY, *DELIVER, DLQ, EVENTS, DELIVERED, CONTACTS_REMOVED),
     handle=deliver,
     state=(StateSpec(DELIVERED, "delivered_ttl_s"),),
     services=adapters,

@@ -7,6 +7,7 @@ device) gets one task per address. High-priority
 tasks go to the .high topics, which the deliver stage reads apart from bulk.
 """
 
+from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 from agents.channels import CHANNELS
@@ -35,8 +36,10 @@ def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str
     return task
 
 
-def route(notification: dict[str, Any], preferences: dict[str, Any] | None) -> tuple[list[dict[str, Any]], list[Suppression]]:
-    """Delivery tasks for the channels that stay (one per address), and why the others were suppressed."""
+def route(notification: dict[str, Any], preferences: dict[str, Any] | None,
+          dead: AbstractSet[tuple[str, str]] = frozenset()) -> tuple[list[dict[str, Any]], list[Suppression]]:
+    """Delivery tasks for the channels that stay (one per live address), and why the others were
+    suppressed. `dead` holds the (channel, address) pairs a provider said are dead."""
     tasks, suppressed = [], []
     for content in notification["rendered"]:
         name = content["channel"]
@@ -51,7 +54,12 @@ def route(notification: dict[str, Any], preferences: dict[str, Any] | None) -> t
         if not addresses:
             suppressed.append(Suppression(name, "no_address", f"no {channel.contact} for the user"))
             continue
-        tasks.extend(delivery_task(notification, content, to) for to in addresses)
+        live = [to for to in addresses if (name, to) not in dead]
+        if not live:
+            suppressed.append(Suppression(name, "dead_address", f"the provider said the user's {channel.contact} "
+                                                                f"is dead: {', '.join(addresses)}"))
+            continue
+        tasks.extend(delivery_task(notification, content, to) for to in live)
     return tasks, suppressed
 
 
@@ -60,7 +68,8 @@ def route_all(batch: list[Incoming], context: Context) -> Outputs:
     out = context.outputs()
     for record in batch:
         notification = record.value
-        tasks, suppressed = route(notification, context.preferences.get(notification["recipient"]["user_id"]))
+        user_id = notification["recipient"]["user_id"]
+        tasks, suppressed = route(notification, context.preferences.get(user_id), context.preferences.dead(user_id))
         for s in suppressed:
             out.event(notification, "suppressed", channel=s.channel, error_code=s.reason_code, detail=s.detail)
         key = notification["recipient"]["user_id"].encode()

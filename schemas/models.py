@@ -24,6 +24,7 @@ __all__ = [
     "AvroModel",
     "BatchRecipient",
     "Channel",
+    "ContactRemoved",
     "DeadLetter",
     "DeliveryTask",
     "LifecycleEvent",
@@ -407,6 +408,23 @@ class PreferencesUpdated(AvroModel):
     updated_at: TimestampMillis
 
 
+class ContactRemoved(AvroModel):
+    """A provider said an address is dead; it is not used again until preferences are updated after it
+    (herald.contacts.removed, compacted)."""
+
+    AVRO_NAME: ClassVar[str] = "ContactRemoved"
+
+    tenant: str = "default"
+    user_id: str
+    channel: Channel
+    address: str
+    provider: str
+    reason_code: str
+    detail: str | None = None
+    notification_id: uuid.UUID
+    removed_at: TimestampMillis
+
+
 class BundledRecord(AvroModel):
     """One record of the bundle: its own key and its own framed Avro value."""
 
@@ -438,6 +456,7 @@ MODELS: dict[str, type[AvroModel]] = {
         DeadLetter,
         TemplateUpserted,
         PreferencesUpdated,
+        ContactRemoved,
         RecordBundle,
     )
 }

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from datetime import datetime
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -26,13 +27,15 @@ from mode import Service
 from schemas.serde import AvroSerde, SchemaDecodeError
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.topics import PREFERENCES, TEMPLATES, TopicSpec
+from streams.topics import CONTACTS_REMOVED, PREFERENCES, TEMPLATES, TopicSpec
 
 log = logging.getLogger(__name__)
 
 
 class FoldedTable(Service):
     spec: TopicSpec
+    # Further logs folded into the same table (the preference table: contacts found dead).
+    also: tuple[TopicSpec, ...] = ()
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -52,10 +55,13 @@ class FoldedTable(Service):
         await self.consumer.start()
         # A consumer without a group tracks metadata only for topics it was told about; aiokafka has no
         # public call for that short of subscribing (which needs a group).
-        await self.consumer._client.add_topic(self.spec.name)
-        partitions = [TopicPartition(self.spec.name, p) for p in self.consumer.partitions_for_topic(self.spec.name) or ()]
-        if not partitions:
-            raise RuntimeError(f"topic {self.spec.name} is missing; run `herald topics create`")
+        partitions = []
+        for spec in (self.spec, *self.also):
+            await self.consumer._client.add_topic(spec.name)
+            found = [TopicPartition(spec.name, p) for p in self.consumer.partitions_for_topic(spec.name) or ()]
+            if not found:
+                raise RuntimeError(f"topic {spec.name} is missing; run `herald topics create`")
+            partitions += found
         self.consumer.assign(partitions)
         await self.consumer.seek_to_beginning(*partitions)
         self.end_offsets = await self.consumer.end_offsets(partitions)
@@ -73,12 +79,15 @@ class FoldedTable(Service):
             batches = await self.consumer.getmany(timeout_ms=500)
             for messages in batches.values():
                 for message in messages:
-                    self.apply(message.key, message.value)
+                    self.apply(message.key, message.value, message.topic)
             if not self.ready.is_set() and await self.caught_up():
                 log.info("%s: folded %d keys", self.spec.name, len(self))
                 self.ready.set()
 
-    def apply(self, key: bytes, value: bytes | None) -> None:
+    def apply(self, key: bytes, value: bytes | None, topic: str | None = None) -> None:
+        if topic is not None and topic != self.spec.name:
+            self.apply_other(topic, key, value)
+            return
         if value is None:
             self.fold(key, None)
             return
@@ -89,6 +98,10 @@ class FoldedTable(Service):
 
     def decode(self, value: bytes) -> Any:
         return self.serde.decode(value, self.spec.schemas[0])
+
+    def apply_other(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """An entry of one of the `also` logs; tables that have some fold them here."""
+        raise NotImplementedError(f"{type(self).__name__} folds no topic {topic}")
 
     async def caught_up(self) -> bool:
         for tp, end in self.end_offsets.items():
@@ -153,13 +166,20 @@ class TemplateTable(FoldedTable):
 
 
 class PreferenceTable(FoldedTable):
-    """user_id → PreferencesUpdated (the whole, latest record)."""
+    """user_id → PreferencesUpdated (the whole, latest record), less the contacts providers said are dead.
+
+    A dead contact (herald.contacts.removed, deliver writes it) stays dead until the user's preferences
+    are updated after it: a new PreferencesUpdated that lists it again brings it back.
+    """
 
     spec = PREFERENCES
+    also = (CONTACTS_REMOVED,)
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(settings, serde, **kwargs)
         self.preferences: dict[str, dict[str, Any]] = {}
+        # user_id → {(channel, address): removed_at}
+        self.removed: dict[str, dict[tuple[str, str], datetime]] = {}
 
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         if record is None:
@@ -167,8 +187,27 @@ class PreferenceTable(FoldedTable):
         else:
             self.preferences[record["user_id"]] = record
 
+    def apply_other(self, topic: str, key: bytes, value: bytes | None) -> None:
+        if value is None:  # compaction's tombstone for a removal: nothing to undo, the address was dead
+            return
+        try:
+            removal = self.serde.decode(value, CONTACTS_REMOVED.schemas[0])
+        except (SchemaDecodeError, ValueError) as exc:
+            log.error("%s: skipping undecodable entry for key %r: %s", topic, key, exc)
+            return
+        self.removed.setdefault(removal["user_id"], {})[(removal["channel"], removal["address"])] = removal["removed_at"]
+
     def get(self, user_id: str) -> dict[str, Any] | None:
         return self.preferences.get(user_id)
+
+    def dead(self, user_id: str) -> set[tuple[str, str]]:
+        """The (channel, address) pairs of the user a provider said are dead since their last update."""
+        removed = self.removed.get(user_id)
+        if not removed:
+            return set()
+        preferences = self.preferences.get(user_id)
+        since = preferences["updated_at"] if preferences else None
+        return {contact for contact, at in removed.items() if since is None or at > since}
 
     def __len__(self) -> int:
         return len(self.preferences)

@@ -54,6 +54,9 @@ TEMPLATES = TopicSpec("herald.templates", ("TemplateUpserted",),
                       "`herald templates put` produces; the template table folds it", compacted=True)
 PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),
                         "`herald prefs set` produces; the preference table folds it", compacted=True)
+CONTACTS_REMOVED = TopicSpec("herald.contacts.removed", ("ContactRemoved",),
+                             "deliver produces when a provider says an address is dead; the preference table folds it",
+                             compacted=True)
 IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
                             "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
@@ -73,7 +76,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    IDEMPOTENCY_KEYS, DELIVERED,
+    CONTACTS_REMOVED, IDEMPOTENCY_KEYS, DELIVERED,
 )
 
 

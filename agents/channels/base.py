@@ -27,6 +27,8 @@ class Outcome:
     code: str | None = None
     detail: str | None = None
     retry_after_s: float | None = None
+    # The provider that answered, when a channel has several (primary and secondary, APNs and FCM).
+    provider: str | None = None
 
 
 SENT = Outcome(Result.SENT)

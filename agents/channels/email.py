@@ -73,11 +73,19 @@ def build_message(task: dict[str, Any], settings: Settings) -> bytes:
             + text_part("text/html", content["html"]) + f"\r\n--{boundary}--\r\n".encode())
 
 
+# RFC 3463 enhanced codes that say the mailbox itself does not exist: a bounce that removes the address.
+DEAD_MAILBOX = ("5.1.1", "5.1.10")
+
+
 def classify(exc: Exception) -> Outcome:
-    """SMTP 4xx and connection trouble are transient; SMTP 5xx is permanent."""
+    """SMTP 4xx and connection trouble are transient; SMTP 5xx is permanent, and a dead address when
+    the enhanced code says the mailbox does not exist."""
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     code = getattr(exc, "code", None)
+    message = getattr(exc, "message", "") or ""
+    if isinstance(code, int) and code >= 500 and message.split(" ", 1)[0] in DEAD_MAILBOX:
+        return Outcome(Result.DEAD_ADDRESS, f"smtp_{code}", str(exc))
     if isinstance(code, int) and code >= 500:
         return Outcome(Result.PERMANENT, f"smtp_{code}", str(exc))
     if isinstance(code, int) and code >= 400:

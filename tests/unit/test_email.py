@@ -94,6 +94,12 @@ def test_smtp_5xx_is_permanent() -> None:
     assert "no such user" in outcome.detail
 
 
+def test_smtp_5_1_1_says_the_mailbox_is_dead() -> None:
+    refused = aiosmtplib.SMTPRecipientRefused(550, "5.1.1 The email account does not exist", "bob@example.com")
+    outcome = classify(aiosmtplib.SMTPRecipientsRefused([refused]))
+    assert (outcome.result, outcome.code) == (Result.DEAD_ADDRESS, "smtp_550")
+
+
 def test_refused_recipient_uses_the_recipient_code() -> None:
     refused = aiosmtplib.SMTPRecipientRefused(550, "no such user", "bob@example.com")
     outcome = classify(aiosmtplib.SMTPRecipientsRefused([refused]))

@@ -142,3 +142,15 @@ def test_delivery_task_uses_the_given_content_and_address() -> None:
     assert task["channel"] == "sms"
     assert task["address"] == "+15550000009"
     assert task["content"] is content
+
+
+def test_a_dead_address_is_skipped_and_the_others_used() -> None:
+    notification = rendered("push", recipient=records.recipient(push_tokens=["tok-a", "tok-b"]))
+    tasks, suppressed = route(notification, None, {("push", "tok-a")})
+    assert [t["address"] for t in tasks] == ["tok-b"] and suppressed == []
+
+
+def test_every_address_dead_is_suppressed_with_the_reason() -> None:
+    notification = rendered("email", recipient=records.recipient(email="gone@example.com"))
+    tasks, [suppression] = route(notification, None, {("email", "gone@example.com")})
+    assert tasks == [] and suppression.reason_code == "dead_address" and "gone@example.com" in suppression.detail

@@ -25,7 +25,7 @@ from streams.runtime import StageRuntime
 from streams.settings import Settings
 from streams.stage import Incoming, Outputs, StageSpec
 from streams.tables import template_key
-from streams.topics import (ACCEPTED, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
+from streams.topics import (ACCEPTED, CONTACTS_REMOVED, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
                             RETRY, VALIDATED, deliver_topic, DELIVER_BY_NAME)
 from tests.unit import records
 
@@ -153,6 +153,8 @@ class FakeAdapter:
             return Outcome(Result.TRANSIENT, "smtp_450", "busy")
         if task["address"] == "gone@example.com":
             return Outcome(Result.PERMANENT, "smtp_550", "no such user")
+        if task["address"] == "dead@example.com":
+            return Outcome(Result.DEAD_ADDRESS, "smtp_550_5_1_1", "mailbox does not exist", provider="relay-b")
         self.sent.append(task["address"])
         return SENT
 
@@ -180,6 +182,18 @@ async def test_deliver_batch(tmp_path: Path) -> None:
     assert all(r["attempt"] == 1 and r["due_at"] is not None for r in retried)
     [block] = out.state_blocks("x")
     assert list(delivered.decode(block.value)["entries"]) == [delivered_key(batch[0].value)]
+
+
+async def test_deliver_removes_a_dead_address(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    stage.context.services = {"email": FakeAdapter()}
+    value = records.delivery_task(address="dead@example.com")
+    out = await stage.handle([incoming(value, "DeliveryTask", deliver_topic("email"), 1)])
+    [event] = out.of(EVENTS)
+    assert (event["status"], event["error_code"], event["provider"]) == ("failed", "smtp_550_5_1_1", "relay-b")
+    [removal] = out.of(CONTACTS_REMOVED)
+    assert (removal["user_id"], removal["channel"], removal["address"]) == ("user-1", "email", "dead@example.com")
+    assert removal["reason_code"] == "smtp_550_5_1_1" and out.of(DLQ) == []
 
 
 async def test_deliver_dead_letters_after_the_last_attempt(tmp_path: Path) -> None:

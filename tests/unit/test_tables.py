@@ -4,13 +4,15 @@ The tables are mode Services; constructing one does not connect, and `fold` is t
 """
 
 import time
+import uuid
+from datetime import datetime, timedelta
 
 import pytest
 
 from streams.codec import default_serde
 from streams.settings import Settings
 from streams.tables import PreferenceTable, StateTable, TemplateTable, template_key, template_key_parts
-from streams.topics import IDEMPOTENCY_KEYS
+from streams.topics import CONTACTS_REMOVED, IDEMPOTENCY_KEYS
 from tests.unit import records
 
 
@@ -246,3 +248,31 @@ def test_a_new_block_never_forgets_the_entries_of_another() -> None:
     table.fold(b"herald.deliver.email/0/5~a", {"at": now, "entries": {"n1/email": True, "n2/email": True}})
     table.fold(b"herald.deliver.email/0/5~b", {"at": now, "entries": {"n3/email": True}})  # the replay's
     assert [table.get(k) for k in ("n1/email", "n2/email", "n3/email")] == [True, True, True]
+
+
+def removal(user_id: str, channel: str, address: str, at: datetime) -> bytes:
+    return default_serde().encode("ContactRemoved", {
+        "tenant": "acme", "user_id": user_id, "channel": channel, "address": address, "provider": "apns",
+        "reason_code": "apns_Unregistered", "detail": None, "notification_id": uuid.UUID(int=1), "removed_at": at})
+
+
+def test_a_contact_removed_after_the_preferences_is_dead(preferences: PreferenceTable) -> None:
+    preferences.fold(b"erin", records.preferences("erin", push_tokens=["apns:aa", "apns:bb"]))
+    later = records.UPDATED_AT + timedelta(days=1)
+    preferences.apply(b"k", removal("erin", "push", "apns:aa", later), CONTACTS_REMOVED.name)
+    assert preferences.dead("erin") == {("push", "apns:aa")}
+    assert preferences.dead("frank") == set()
+
+
+def test_preferences_updated_after_a_removal_bring_the_contact_back(preferences: PreferenceTable) -> None:
+    later = records.UPDATED_AT + timedelta(days=1)
+    preferences.apply(b"k", removal("erin", "sms", "+15550001111", later), CONTACTS_REMOVED.name)
+    assert preferences.dead("erin") == {("sms", "+15550001111")}  # no preferences at all: dead
+    preferences.fold(b"erin", records.preferences("erin", phone="+15550001111", updated_at=later + timedelta(seconds=1)))
+    assert preferences.dead("erin") == set()
+
+
+def test_an_undecodable_removal_is_skipped(preferences: PreferenceTable) -> None:
+    preferences.apply(b"k", b"\xc3\x01garbage", CONTACTS_REMOVED.name)
+    preferences.apply(b"k", None, CONTACTS_REMOVED.name)
+    assert preferences.removed == {}
