@@ -3,12 +3,48 @@
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # Channel providers' settings, one class per provider, nested in Settings under the channel's name.
+
+
+class ProviderGuardSettings(BaseModel):
+    """The limits agents/channels/guard.py keeps around each of a channel's providers."""
+
+    # Sends a second to each provider, a token bucket holding up to `rate_burst` (a rate of 0: no limit).
+    rate_per_s: float = 100.0
+    rate_burst: int = 100
+    # How long a send may wait for a token before it is a transient `rate_limited` instead.
+    rate_wait_s: float = 1.0
+    # Consecutive transient failures that open a provider's circuit breaker, and how long it stays
+    # open before one probe may go through.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+
+
+class TwilioSettings(BaseModel):
+    """One account on Twilio's Programmable Messaging REST API; by default the local peer's."""
+
+    base_url: str = "http://127.0.0.1:4010"
+    account_sid: str = "AC00000000000000000000000000000001"
+    auth_token: SecretStr = SecretStr("dev-twilio-token")
+    # The sender: one of the account's numbers, or a Messaging Service (which picks a number).
+    from_number: str | None = "+15005550006"
+    messaging_service_sid: str | None = None
+    # Where Twilio posts delivery status callbacks (the gateway); unset: Twilio posts none.
+    status_callback: str | None = None
+    timeout_s: float = 10.0
+    max_connections: int = 64
+
+
+class SmsSettings(ProviderGuardSettings):
+    twilio: TwilioSettings = TwilioSettings()
+    # A second account (or provider) on Twilio's protocol, used while the primary's breaker is open.
+    secondary: TwilioSettings | None = None
 
 
 class Settings(BaseSettings):
@@ -125,6 +161,7 @@ class Settings(BaseSettings):
     peers_port: int = 4010
 
     # Channel providers, one nested block per channel (the classes above).
+    sms: SmsSettings = SmsSettings()
 
     @property
     def max_record_bytes(self) -> int:

@@ -217,12 +217,12 @@ async def test_send_many_reuses_the_pool(smtp_server: tuple[Mailbox, int], adapt
     assert adapter.pool.qsize() == 2  # every client went back
 
 
-async def test_refused_recipient_is_permanent_and_the_next_send_works(
+async def test_unknown_mailbox_is_a_dead_address_and_the_next_send_works(
         smtp_server: tuple[Mailbox, int], adapter_for: Any) -> None:
     mailbox, port = smtp_server
     adapter = await adapter_for(port)
     refused = await adapter.send(records.delivery_task(address="nobody@example.com"))
-    assert refused.result is Result.PERMANENT
+    assert refused.result is Result.DEAD_ADDRESS  # 550 5.1.1
     assert refused.code == "smtp_550"
     assert (await adapter.send(records.delivery_task())).result is Result.SENT
     assert [rcpt for _, rcpt, _ in mailbox.received] == [["alice@example.com"]]
