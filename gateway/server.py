@@ -4,6 +4,7 @@ POST /v1/notifications          one NotificationRequest
 POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 GET  /health                    unauthenticated
+GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
 Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
 key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
@@ -36,17 +37,20 @@ from pydantic_core import PydanticCustomError
 from agents.validate import MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
 from schemas.models import BatchRecipient, Channel, NotificationBatch, NotificationRequest, Recipient
 from schemas.serde import AvroSerde
-from streams.codec import default_serde
+from streams.codec import bundle, default_serde
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.settings import Settings, get_settings
-from streams.topics import REQUESTS
+from streams.topics import EVENTS, REQUESTS
+from gateway.tracking import tracking_routes
 
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
 REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gateway", ["reason"])
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
+SIGNED_PATHS = ("/t/",)
 # A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
 MAX_REPORTED_ERRORS = 50
 # A field path names a map key as it was sent; past this many characters it is cut.
@@ -309,6 +313,7 @@ class Gateway:
         app.router.add_get("/v1/notifications/{id}", self.get_notification)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
+        app.router.add_routes(tracking_routes(self.settings, self.publish_event))
         app.on_startup.append(self.on_startup)
         app.on_cleanup.append(self.on_cleanup)
         return app
@@ -345,9 +350,21 @@ class Gateway:
             with contextlib.suppress(Exception):  # it failed already; what matters is the next one
                 await asyncio.wait_for(producer.stop(), timeout=5)
 
+    async def publish_event(self, event: dict[str, Any]) -> None:
+        """A lifecycle event of the gateway's own (an open, a click) on herald.events, as a bundle of one.
+        Best effort: a recipient's click is redirected even while Kafka is away."""
+        value = bundle(self.serde, [(event["notification_id"].bytes, self.serde.encode("LifecycleEvent", event))])
+        try:
+            producer = await self.kafka()
+            await asyncio.wait_for(producer.send_and_wait(EVENTS.name, value, key=event["notification_id"].bytes),
+                                   self.settings.gateway_produce_timeout_s)
+        except (KafkaError, asyncio.TimeoutError):
+            await self.drop_producer()
+            REFUSED.labels("event_unpublished").inc()
+
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/health":
+        if request.path == "/health" or request.path.startswith(SIGNED_PATHS):
             return await handler(request)
         if request.path == "/metrics":
             if self.settings.metrics_api_key:

@@ -47,6 +47,98 @@ class SmsSettings(ProviderGuardSettings):
     secondary: TwilioSettings | None = None
 
 
+class ChatSettings(BaseModel):
+    """Chat webhooks (agents/channels/chat.py): Slack incoming webhooks and Herald-signed generic ones.
+
+    A webhook URL comes from the user's preferences, so it is checked against these lists before
+    Herald sends anything to it (server-side request forgery). `allowed_hosts`: the hosts a webhook
+    may point at (exact names, or `*.example.com` for any subdomain); empty: any host that is not
+    internal (loopback, private, link-local IPs, localhost, .local, .internal). `http_hosts`: the
+    hosts that may be reached over plain http (the local peers); every other URL must be https.
+    """
+
+    allowed_hosts: list[str] = ["hooks.slack.com", "127.0.0.1"]
+    http_hosts: list[str] = ["127.0.0.1"]
+    # A URL on these hosts with Slack's path (/services/T…/B…/…) is a Slack incoming webhook.
+    slack_hosts: list[str] = ["hooks.slack.com", "127.0.0.1"]
+    # Signs generic webhooks (X-Herald-Signature: v1=HMAC-SHA256(secret, "<timestamp>.<body>")).
+    webhook_secret: SecretStr = SecretStr("dev-chat-secret")
+    timeout_s: float = 10.0
+
+
+class InboxSettings(BaseModel):
+    """The in-app inbox: the herald-inbox provider (agents/channels/in_app.py) appends messages to
+    herald.inbox; the gateway folds that log and serves each user's inbox (gateway/inbox.py)."""
+
+    # Signs the tokens a user's browser sends (`herald inbox token`); set a long random one in production.
+    token_secret: SecretStr = SecretStr("dev-inbox-secret")
+    # Messages kept per user, newest first; older ones leave the inbox (memory: see gateway/inbox.py).
+    max_messages: int = 200
+    # How long herald.inbox keeps events (-1: forever). Older messages leave the inbox, and a
+    # gateway's replay of the log on start stays bounded.
+    retention_ms: int = 90 * 24 * 3600 * 1000
+    # How long a message (deliver) or a read/seen (gateway) waits for the broker: then transient / 503.
+    produce_timeout_s: float = 10.0
+
+
+class ApnsSettings(BaseModel):
+    """Apple Push Notification service, HTTP/2 with token (ES256 JWT) auth; by default the local peer.
+    Apple's: host api.push.apple.com (api.sandbox.push.apple.com for development builds), port 443."""
+
+    host: str = "127.0.0.1"
+    port: int = 4443
+    key_id: str = "HERALDKEY1"
+    team_id: str = "HERALDTM01"
+    # The app's bundle id (apns-topic).
+    topic: str = "io.herald.app"
+    # The token-auth key (.p8 PEM); unset: the local key of tooling/peers/keys.py.
+    private_key: SecretStr | None = None
+    # CA bundle to trust; unset: the local peer's CA for a loopback host, the system's otherwise.
+    ca_file: Path | None = None
+    timeout_s: float = 10.0
+
+
+class FcmSettings(BaseModel):
+    """Firebase Cloud Messaging HTTP v1 with a service account's OAuth2 token; by default the local peer.
+    Google's: base_url https://fcm.googleapis.com, token_uri https://oauth2.googleapis.com/token."""
+
+    base_url: str = "http://127.0.0.1:4010"
+    project_id: str = "herald-local"
+    # The service account key (Google's JSON key file, or its content); neither: the local account.
+    service_account_file: Path | None = None
+    service_account_json: SecretStr | None = None
+    # Where access tokens come from; empty: the service account's own token_uri.
+    token_uri: str = "http://127.0.0.1:4010/token"
+    timeout_s: float = 10.0
+    max_connections: int = 64
+
+
+class WebPushSettings(BaseModel):
+    """Web push (RFC 8030) with VAPID (RFC 8292) and aes128gcm payloads (RFC 8291).
+
+    A subscription's endpoint comes from a browser, by way of a user's preferences, so it is checked
+    before Herald posts to it (server-side request forgery): its host must be one of `allowed_hosts`
+    (exact names, or `*.example.com` for any subdomain), over https unless it is one of `http_hosts`
+    (the local peer)."""
+
+    # The application server key the browsers subscribed with (PEM, or raw base64url); unset: the local key.
+    vapid_private_key: SecretStr | None = None
+    vapid_subject: str = "mailto:ops@herald.local"
+    allowed_hosts: list[str] = ["fcm.googleapis.com", "updates.push.services.mozilla.com", "*.notify.windows.com",
+                                "*.push.apple.com", "127.0.0.1"]
+    http_hosts: list[str] = ["127.0.0.1"]
+    # How long the push service keeps a message for an offline browser (TTL header).
+    ttl_s: int = 24 * 3600
+    timeout_s: float = 10.0
+    max_connections: int = 64
+
+
+class PushSettings(BaseModel):
+    apns: ApnsSettings = ApnsSettings()
+    fcm: FcmSettings = FcmSettings()
+    webpush: WebPushSettings = WebPushSettings()
+
+
 class Settings(BaseSettings):
     # Nested settings (a channel's providers) read e.g. HERALD_SMS__TWILIO__ACCOUNT_SID.
     model_config = SettingsConfigDict(env_prefix="HERALD_", env_file=".env", extra="ignore", env_nested_delimiter="__")
@@ -109,6 +201,10 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     api_key: str = "dev-key"
+    # The gateway's address as recipients' browsers and providers' callbacks reach it (tracking links,
+    # status callbacks), and the secret that signs tracking links. Set both in production.
+    public_url: str = "http://127.0.0.1:8080"
+    tracking_secret: SecretStr = SecretStr("dev-tracking-secret")
     # Gateway limits (docs/architecture.md section 5 has them all, with the per-field ones of
     # gateway/server.py). Recipients in one batch. Requests a second per API key, a token bucket
     # that holds up to `gateway_rate_burst` of them (a rate of 0 turns the limit off); the bucket
@@ -137,6 +233,8 @@ class Settings(BaseSettings):
     mailbox_timeout_s: float | None = None
     email_from: str = "Herald <noreply@herald.local>"
     email_domain: str = "herald.local"
+    # Open pixel and click redirects in HTML emails (agents/channels/tracking.py).
+    email_tracking: bool = True
     # Template bounds (agents/template.py). A template that breaks one is rejected `template_limit`
     # and the worker carries on. Templates are data written by people: without bounds one can run
     # for minutes or allocate gigabytes, and every worker that takes its partition dies on it.
@@ -162,6 +260,9 @@ class Settings(BaseSettings):
 
     # Channel providers, one nested block per channel (the classes above).
     sms: SmsSettings = SmsSettings()
+    chat: ChatSettings = ChatSettings()
+    push: PushSettings = PushSettings()
+    inbox: InboxSettings = InboxSettings()
 
     @property
     def max_record_bytes(self) -> int:

@@ -15,6 +15,7 @@ from email_validator import validate_email
 from mode import Service
 
 from agents.channels.base import SENT, Channel, Outcome, Result, first_of
+from agents.channels.tracking import track_html
 from streams.settings import Settings
 
 
@@ -63,14 +64,16 @@ def build_message(task: dict[str, Any], settings: Settings) -> bytes:
         "MIME-Version: 1.0",
     ]
     text = text_part("text/plain", content["text"] or "")
-    if not content["html"]:
+    html = content["html"]
+    if not html:
         return "\r\n".join(headers).encode() + b"\r\n" + text
     # The boundary never occurs in a base64 body (it holds '=' and '_' runs base64 cannot make).
     boundary = f"=_herald_{notification_id.hex}_="
     headers.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
     delimiter = f"\r\n--{boundary}\r\n".encode()
     return ("\r\n".join(headers).encode() + b"\r\n" + delimiter + text + delimiter
-            + text_part("text/html", content["html"]) + f"\r\n--{boundary}--\r\n".encode())
+            + text_part("text/html", track_html(html, task, settings) if settings.email_tracking else html)
+            + f"\r\n--{boundary}--\r\n".encode())
 
 
 # RFC 3463 enhanced codes that say the mailbox itself does not exist: a bounce that removes the address.

@@ -19,7 +19,8 @@ from agents.channels.email import EmailAdapter, build_message, classify, message
 from streams.settings import Settings
 from tests.unit import records
 
-SETTINGS = Settings(email_from="Herald <noreply@herald.test>", email_domain="mail.herald.test")
+# Without tracking: these tests check the parts as rendered (tests/unit/test_tracking.py covers tracking).
+SETTINGS = Settings(email_from="Herald <noreply@herald.test>", email_domain="mail.herald.test", email_tracking=False)
 
 
 # --- build_message ---------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ async def adapter_for() -> AsyncIterator[Any]:
     started: list[EmailAdapter] = []
 
     async def start(port: int) -> EmailAdapter:
-        adapter = EmailAdapter(Settings(smtp_port=port, smtp_pool_size=2, smtp_timeout_s=2.0,
+        adapter = EmailAdapter(Settings(smtp_port=port, smtp_pool_size=2, smtp_timeout_s=2.0, email_tracking=False,
                                         email_from="Herald <noreply@herald.test>", email_domain="mail.herald.test"))
         await adapter.start()
         started.append(adapter)
@@ -313,3 +314,11 @@ async def test_a_hostile_subject_cannot_add_a_header_or_recipient(
     message = parse(raw)
     assert message["Bcc"] is None and message["X"] is None
     assert message.get_all("To") == ["alice@example.com"]
+
+
+def test_a_tracked_message_has_the_pixel_and_redirected_links() -> None:
+    task = records.delivery_task(content=records.content("email", html='<a href="https://example.com/">go</a>'))
+    tracked = Settings(email_tracking=True, public_url="https://notify.example.com")
+    html = parse(build_message(task, tracked)).get_body(("html",)).get_content()
+    assert 'href="https://notify.example.com/t/c/' in html and 'src="https://notify.example.com/t/o/' in html
+    assert "https://example.com/" not in html
