@@ -35,6 +35,17 @@ GROUP BY channel
 ORDER BY channel
 """
 
+# What each provider did: sends, retries, failures (with the most common codes), per channel. With a
+# primary and a secondary provider, the rows show how much went where while a breaker was open.
+PROVIDERS = """
+SELECT channel, provider, countIf(status = 'sent') AS sent, countIf(status = 'retried') AS retried,
+       countIf(status = 'failed') AS failed, arrayStringConcat(topK(3)(nullIf(error_code, '')), ' ') AS codes
+FROM notification_events FINAL
+WHERE provider != '' AND event_time >= now() - %(seconds)s
+GROUP BY channel, provider
+ORDER BY channel, provider
+"""
+
 # Each notification's statuses per channel ("" for the events about no channel: accepted, rejected, …).
 STATUSES = """
 SELECT toString(notification_id), channel, groupUniqArray(status)
@@ -62,6 +73,10 @@ def counts(client: Client, seconds: int) -> list[tuple[str, str, int]]:
 
 def latency(client: Client, seconds: int) -> list[tuple[str, int, float, float, float]]:
     return client.execute(LATENCY, {"seconds": seconds})
+
+
+def providers(client: Client, seconds: int) -> list[tuple[str, str, int, int, int, str]]:
+    return client.execute(PROVIDERS, {"seconds": seconds})
 
 
 def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:

@@ -154,6 +154,8 @@ def prefs_set(
     user_id: str,
     email: Annotated[Optional[str], typer.Option(help="Email address.")] = None,
     phone: Annotated[Optional[str], typer.Option(help="Phone number, E.164.")] = None,
+    push_token: Annotated[list[str], typer.Option(help="A device's push token (apns:…, fcm:… or webpush:…); repeatable.")] = [],
+    chat_webhook: Annotated[Optional[str], typer.Option(help="Chat webhook URL (Slack incoming webhook or a signed generic one).")] = None,
     locale: Annotated[Optional[str], typer.Option(help="BCP 47 locale.")] = None,
     time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone.")] = None,
     opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
@@ -168,7 +170,8 @@ def prefs_set(
         category, _, channel = item.partition(":")
         opt_outs.append({"category": category, "channel": channel})
     preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "locale": locale,
+        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
+        "chat_webhook": chat_webhook, "locale": locale,
         "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
     })
     publish(PREFERENCES, [(user_id.encode(), preferences)])
@@ -227,7 +230,7 @@ def report(
 ) -> None:
     """Counts per channel and status, and latency quantiles, from ClickHouse."""
     from sinks.clickhouse_client import connect
-    from sinks.queries import counts, latency
+    from sinks.queries import counts, latency, providers
 
     client = connect(get_settings())
     by_status = Table("channel", "status", "events", title=f"lifecycle events, last {minutes} min")
@@ -236,7 +239,11 @@ def report(
     quantiles = Table("channel", "sent", "p50 ms", "p95 ms", "p99 ms", title="request → provider latency")
     for channel, sent, p50, p95, p99 in latency(client, minutes * 60):
         quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
+    by_provider = Table("channel", "provider", "sent", "retried", "failed", "top error codes", title="providers")
+    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60):
+        by_provider.add_row(channel, provider, f"{sent:,}", f"{retried:,}", f"{failed:,}", codes)
     console.print(by_status)
+    console.print(by_provider)
     console.print(quantiles)
 
 
