@@ -5,7 +5,9 @@ POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 GET  /health                    unauthenticated
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
+POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
+GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; the API key or the user's token)
 Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
 key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
 
@@ -43,6 +45,7 @@ from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.settings import Settings, get_settings
 from streams.topics import EVENTS, REQUESTS
+from gateway.callbacks import callback_routes
 from gateway.tracking import tracking_routes
 
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
@@ -50,7 +53,9 @@ REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gatew
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
-SIGNED_PATHS = ("/t/",)
+# The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself.
+USERS_PATH = "/v1/users/"
+SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH)
 # A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
 MAX_REPORTED_ERRORS = 50
 # A field path names a map key as it was sent; past this many characters it is cut.
@@ -314,6 +319,10 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
+        app.router.add_routes(callback_routes(self.settings, self.publish_event))
+        from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
+
+        register_inbox(app, self)
         app.on_startup.append(self.on_startup)
         app.on_cleanup.append(self.on_cleanup)
         return app

@@ -27,6 +27,8 @@ __all__ = [
     "ContactRemoved",
     "DeadLetter",
     "DeliveryTask",
+    "InboxEvent",
+    "InboxEventKind",
     "LifecycleEvent",
     "LifecycleStatus",
     "MODELS",
@@ -119,6 +121,14 @@ class LifecycleStatus(StrEnum):
     opened = "opened"
     clicked = "clicked"
     read = "read"
+
+
+class InboxEventKind(StrEnum):
+    """What happened in an inbox: a message arrived, or the user read or saw one."""
+
+    message = "message"
+    read = "read"
+    seen = "seen"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -425,6 +435,28 @@ class ContactRemoved(AvroModel):
     removed_at: TimestampMillis
 
 
+class InboxEvent(AvroModel):
+    """Something that happened in a user's in-app inbox (herald.inbox, keyed by '<tenant>/<user_id>')."""
+
+    AVRO_NAME: ClassVar[str] = "InboxEvent"
+
+    event_id: uuid.UUID
+    """A message's is uuid5 of its notification, tenant and user, so a resend has the same id."""
+    kind: InboxEventKind
+    tenant: str = "default"
+    user_id: str
+    notification_id: uuid.UUID
+    subject: str | None = None
+    """A message's title; null for read and seen."""
+    text: str | None = None
+    """A message's plain-text body; null for read and seen."""
+    data: dict[str, str] = Field(default_factory=dict)
+    """A message's extra data, e.g. a deep link; empty for read and seen."""
+    category: str | None = None
+    template_id: str | None = None
+    occurred_at: TimestampMillis
+
+
 class BundledRecord(AvroModel):
     """One record of the bundle: its own key and its own framed Avro value."""
 
@@ -458,5 +490,6 @@ MODELS: dict[str, type[AvroModel]] = {
         PreferencesUpdated,
         ContactRemoved,
         RecordBundle,
+        InboxEvent,
     )
 }

@@ -4,6 +4,7 @@ Producer and consumer of each topic are named in `doc`, so a reader finds both i
 """
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -28,6 +29,8 @@ class TopicSpec:
     # one notification's (accepted, validated, rendered, events), a bundle may hold any keys and go
     # to any partition: fewer, fuller bundles. Delivery tasks are keyed by user and stay in order.
     key_ordered: bool = True
+    # The setting (a dotted path into Settings) holding how long a non-compacted topic keeps records.
+    retention_setting: str = "topic_retention_ms"
 
 
 def deliver_topic(channel: str, high: bool = False) -> str:
@@ -57,6 +60,13 @@ PREFERENCES = TopicSpec("herald.preferences", ("PreferencesUpdated",),
 CONTACTS_REMOVED = TopicSpec("herald.contacts.removed", ("ContactRemoved",),
                              "deliver produces when a provider says an address is dead; the preference table folds it",
                              compacted=True)
+# The inbox's own log, not herald.events: that is internal, bundled, keyed by notification and
+# carries no content; this one is public, one record per message, keyed by '<tenant>/<user_id>' so
+# a user's events stay in order, and the inbox (gateway/inbox.py) is folded from it alone. Kept
+# `inbox.retention_ms` (90 days), not forever, so a gateway's replay on start stays bounded.
+INBOX = TopicSpec("herald.inbox", ("InboxEvent",),
+                  "deliver (in_app) produces messages, the gateway read and seen; the gateway's inbox folds it",
+                  retention_setting="inbox.retention_ms")
 IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
                             "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
@@ -76,7 +86,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, IDEMPOTENCY_KEYS, DELIVERED,
+    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED,
 )
 
 
@@ -84,7 +94,7 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
     size = {"max.message.bytes": str(settings.max_message_bytes + 1024)}
     if spec.compacted:
         return {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **size}
-    return {"cleanup.policy": "delete", "retention.ms": str(settings.topic_retention_ms), **size}
+    return {"cleanup.policy": "delete", "retention.ms": str(attrgetter(spec.retention_setting)(settings)), **size}
 
 
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:

@@ -19,9 +19,11 @@ app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and C
 topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=True)
 templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
 prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
+inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
+app.add_typer(inbox_app, name="inbox")
 console = Console()
 
 
@@ -176,6 +178,19 @@ def prefs_set(
     })
     publish(PREFERENCES, [(user_id.encode(), preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
+
+
+@inbox_app.command("token")
+def inbox_token(
+    user_id: str,
+    tenant: str = "default",
+    ttl: Annotated[int, typer.Option(help="Seconds the token is valid.")] = 3600,
+) -> None:
+    """Print a token that opens one user's inbox, signed with HERALD_INBOX__TOKEN_SECRET
+    (Authorization: Bearer <token>, or ?token=<token> for EventSource)."""
+    from gateway.inbox import mint_token
+
+    print(mint_token(get_settings().inbox.token_secret.get_secret_value(), tenant, user_id, ttl))
 
 
 @app.command()

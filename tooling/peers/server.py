@@ -18,7 +18,7 @@ not stored.
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,25 @@ RouteFactory = Callable[[Peer, Settings], list[web.RouteDef]]
 
 def providers() -> dict[str, RouteFactory]:
     """The HTTP providers this process serves, by name (imported here so each module stays independent)."""
-    return {}
+    from tooling.peers import fcm
+    from tooling.peers import slack
+    from tooling.peers import twilio
+    from tooling.peers import webpush
+
+    return {"slack": slack.routes, "webhook": slack.webhook_routes, "twilio": twilio.routes,
+            "fcm": fcm.routes, "webpush": webpush.routes}
+
+
+# A provider that is a server of its own (not routes on this app): an aiohttp cleanup context of its
+# Peer and the settings, run by `serve` beside the app; its Peer is in the app's, so /_faults covers it.
+ServerFactory = Callable[[Peer, Settings], Callable[[web.Application], AsyncIterator[None]]]
+
+
+def extra_servers() -> dict[str, ServerFactory]:
+    """The providers served on their own port by this process (APNs: HTTP/2 over TLS)."""
+    from tooling.peers import apns
+
+    return {"apns": apns.server}
 
 
 def fault_routes(peers: dict[str, Peer]) -> list[web.RouteDef]:
@@ -141,7 +159,7 @@ async def health(request: web.Request) -> web.Response:
 
 
 def make_app(settings: Settings) -> web.Application:
-    peers = {name: Peer(name, peer_dir(settings, name)) for name in providers()}
+    peers = {name: Peer(name, peer_dir(settings, name)) for name in (*providers(), *extra_servers())}
     app = web.Application(client_max_size=settings.max_message_bytes)
     for name, routes in providers().items():
         app.add_routes(routes(peers[name], settings))
@@ -151,4 +169,7 @@ def make_app(settings: Settings) -> web.Application:
 
 
 def serve(settings: Settings) -> None:
-    web.run_app(make_app(settings), host=settings.peers_host, port=settings.peers_port, print=None)
+    app = make_app(settings)
+    for name, server in extra_servers().items():
+        app.cleanup_ctx.append(server(app["peers"][name], settings))
+    web.run_app(app, host=settings.peers_host, port=settings.peers_port, print=None)

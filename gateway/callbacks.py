@@ -1,0 +1,60 @@
+"""What providers tell Herald back, as lifecycle events: SMS status callbacks.
+
+POST /v1/providers/twilio/status?notification_id=…&tenant=…
+    Twilio's status callback (form-encoded MessageStatus, ErrorCode, …), signed with X-Twilio-Signature
+    over the URL it was posted to and its form. The adapter put the notification's id and tenant in
+    that URL (agents/channels/sms.py, callback_url), so they are signed too. A final status becomes a
+    `delivered` or `failed` lifecycle event; the steps before it (queued, sent) are acknowledged and
+    dropped. A callback whose signature no configured account's token verifies is 403.
+
+No API key: the signature is the proof. The URL Twilio signed is the public one it was given
+(`public_url`), not the one this process sees behind a proxy.
+"""
+
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from agents.channels.sms import delivery_report, verify_status_callback
+from gateway.tracking import Publish
+from streams.settings import Settings
+from streams.stage import now_utc
+
+
+def twilio_tokens(settings: Settings) -> list[str]:
+    accounts = [settings.sms.twilio, *([settings.sms.secondary] if settings.sms.secondary else [])]
+    return [account.auth_token.get_secret_value() for account in accounts]
+
+
+def report_event(notification_id: uuid.UUID, tenant: str, status: str, error_code: str | None,
+                 params: dict[str, str]) -> dict[str, Any]:
+    sid = params.get("MessageSid") or params.get("SmsSid") or ""
+    return {
+        # A provider may post the same callback again: one event per message and status.
+        "event_id": uuid.uuid5(notification_id, f"provider/{status}/sms/{sid}"),
+        "notification_id": notification_id, "tenant": tenant, "status": status, "stage": "gateway",
+        "channel": "sms", "provider": "twilio", "template_id": None, "category": None, "priority": "normal",
+        "attempt": 0, "error_code": error_code, "detail": f"sid {sid}" if sid else None, "latency_ms": None,
+        "occurred_at": now_utc(),
+    }
+
+
+def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
+    async def twilio_status(request: web.Request) -> web.Response:
+        params = {key: str(value) for key, value in (await request.post()).items()}
+        url = settings.public_url.rstrip("/") + request.path_qs
+        signature = request.headers.get("X-Twilio-Signature")
+        if not any(verify_status_callback(url, params, signature, token) for token in twilio_tokens(settings)):
+            return web.json_response({"error": "forbidden", "detail": "X-Twilio-Signature does not verify"}, status=403)
+        try:
+            notification_id = uuid.UUID(request.query.get("notification_id", ""))
+        except ValueError:
+            return web.json_response({"error": "invalid_id", "detail": "notification_id must be a UUID"}, status=422)
+        report = delivery_report(params)
+        if report is not None:
+            await publish(report_event(notification_id, request.query.get("tenant") or "default", report.status,
+                                       report.error_code, params))
+        return web.Response(status=204)
+
+    return [web.post("/v1/providers/twilio/status", twilio_status)]
