@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from agents.channels.sms import delivery_report, verify_status_callback
+from agents.channels.sms import STATUS_CALLBACK_PATH, delivery_report, verify_status_callback
 from gateway.tracking import Publish
 from streams.settings import Settings
 from streams.stage import now_utc
@@ -57,4 +57,4 @@ def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
                                        report.error_code, params))
         return web.Response(status=204)
 
-    return [web.post("/v1/providers/twilio/status", twilio_status)]
+    return [web.post(STATUS_CALLBACK_PATH, twilio_status)]

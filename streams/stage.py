@@ -85,7 +85,8 @@ def lifecycle_event(
     started = notification.get("requested_at") or notification["received_at"]
     notification_id = notification["notification_id"]
     return {
-        "event_id": uuid.uuid5(notification_id, f"{stage}/{status}/{channel or ''}/{attempt}"),
+        # A delivery task's address is part of what happened: push sends to each of a user's devices.
+        "event_id": uuid.uuid5(notification_id, f"{stage}/{status}/{channel or ''}/{attempt}/{notification.get('address', '')}"),
         "notification_id": notification_id,
         "tenant": notification["tenant"],
         "status": status,

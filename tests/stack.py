@@ -55,6 +55,7 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
         "HERALD_CLICKHOUSE_HTTP_PORT": str(clickhouse_http),
         "HERALD_SMTP_PORT": str(smtp),
         "HERALD_GATEWAY_PORT": str(gateway),
+        "HERALD_PUBLIC_URL": f"http://127.0.0.1:{gateway}",
         "HERALD_PEERS_PORT": str(peers),
     }
 

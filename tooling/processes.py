@@ -15,11 +15,39 @@ def stage_command(stage: str, loglevel: str) -> list[str]:
     return [sys.executable, "-m", "tooling.cli", "worker", "--stage", stage, "--loglevel", loglevel]
 
 
+def instance_id(stage: str) -> str:
+    return f"{socket.gethostname()}-{stage}"
+
+
 def start_stage(stage: str, loglevel: str) -> subprocess.Popen[bytes]:
     """A stage's worker, with a static group membership id of its own: started again after a crash,
     it takes its partitions back at once rather than after the session timeout."""
-    instance = f"{socket.gethostname()}-{stage}"
-    return subprocess.Popen(stage_command(stage, loglevel), env={**os.environ, "HERALD_WORKER_INSTANCE_ID": instance})
+    return subprocess.Popen(stage_command(stage, loglevel), env={**os.environ, "HERALD_WORKER_INSTANCE_ID": instance_id(stage)})
+
+
+def forget_static_members(stages: list[str]) -> None:
+    """Take this host's static members out of the stages' groups (KIP-345's admin LeaveGroup) before
+    the supervisor starts them. A static member that rejoins gets its old assignment back without a
+    rebalance, even when its subscription changed: after an upgrade that gives deliver a new channel
+    topic, that topic would never be assigned. A crashed worker restarted by the loop below keeps
+    its id and its fast return; a new supervisor (`herald up`, a deploy) starts from a fresh join."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import MemberToRemove
+    from kafka.errors import KafkaError
+
+    from agents.registry import STAGES
+    from streams.settings import get_settings
+
+    settings = get_settings()
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-supervisor")
+    try:
+        for stage in stages:
+            try:
+                admin.remove_group_members(STAGES[stage].app_id(settings), [MemberToRemove(group_instance_id=instance_id(stage))])
+            except KafkaError:
+                pass  # no such group or member yet: nothing to forget
+    finally:
+        admin.close()
 
 
 def run_stage_processes(stages: list[str], loglevel: str) -> int:
@@ -28,6 +56,7 @@ def run_stage_processes(stages: list[str], loglevel: str) -> int:
     A stage that dies (a crash, the OOM killer, `kill -9`) is started again, as Kubernetes would
     restart its pod: its Kafka offsets and changelogs let it resume where it stopped.
     """
+    forget_static_members(stages)
     children = {stage: start_stage(stage, loglevel) for stage in stages}
     stopping = False
 

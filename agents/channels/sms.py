@@ -32,6 +32,8 @@ from agents.channels.guard import GuardedAdapter
 from streams.settings import Settings, TwilioSettings
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
+# Where the gateway takes Twilio's status callbacks (gateway/callbacks.py).
+STATUS_CALLBACK_PATH = "/v1/providers/twilio/status"
 # Twilio's answers meaning the number will never take an SMS: invalid 'To', the recipient sent STOP,
 # not a mobile number. The number must be removed from the user's contacts.
 DEAD_CODES = frozenset({21211, 21610, 21614})
@@ -173,11 +175,18 @@ class SmsAdapter(Service):
         return error_outcome(response.status_code, payload, response.headers.get("Retry-After"))
 
 
+def with_status_callback(account: TwilioSettings, settings: Settings) -> TwilioSettings:
+    """The account, posting its status callbacks to this Herald's gateway unless it names another URL."""
+    if account.status_callback:
+        return account
+    return account.model_copy(update={"status_callback": f"{settings.public_url.rstrip('/')}{STATUS_CALLBACK_PATH}"})
+
+
 def sms_adapter(settings: Settings) -> GuardedAdapter:
     """Twilio, and the secondary account when one is configured, each behind its bucket and breaker."""
     sms = settings.sms
-    secondary = SmsAdapter(sms.secondary, "twilio-secondary") if sms.secondary else None
-    return GuardedAdapter(SmsAdapter(sms.twilio, "twilio"), secondary, sms)
+    secondary = SmsAdapter(with_status_callback(sms.secondary, settings), "twilio-secondary") if sms.secondary else None
+    return GuardedAdapter(SmsAdapter(with_status_callback(sms.twilio, settings), "twilio"), secondary, sms)
 
 
 def verify_status_callback(url: str, params: Mapping[str, str], signature: str | None, auth_token: str) -> bool:
