@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from streams.settings import Settings
 from tooling.peers import keys
-from tooling.peers.server import Peer
+from tooling.peers.server import Peer, hex_id
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"  # the assertion's audience, whatever URI it is posted to
@@ -128,7 +128,9 @@ def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
             return problem
         if peer.is_dead(message["token"]):
             return fcm_error(404, "Requested entity was not found.", error_code="UNREGISTERED")
-        peer.record({"project": project, **message}, key=message.get("android", {}).get("collapse_key"))
+        collapse = message.get("android", {}).get("collapse_key")
+        peer.record({"project": project, **message}, key=f"{message['token']}/{collapse}" if collapse else None,
+                    notification_id=hex_id(collapse))
         return web.json_response({"name": f"projects/{project}/messages/{uuid.uuid4().int >> 64}"})
 
     return [web.post("/token", token), web.post("/v1/projects/{project}/messages:send", send)]

@@ -18,6 +18,7 @@ not stored.
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,16 +77,27 @@ class Peer:
         after = self.faults.retry_after_s
         return {"Retry-After": f"{after:g}"} if after is not None else {}
 
-    def record(self, receipt: dict[str, Any], key: str | None = None) -> bool:
+    def record(self, receipt: dict[str, Any], key: str | None = None, notification_id: str | None = None) -> bool:
         """Store what was received (one JSON line); a repeat of `key` is noted as a duplicate, like a
-        provider honouring an idempotency key. Returns whether it was new."""
+        provider honouring an idempotency key. Returns whether it was new. `notification_id`, when the
+        request carries one (each provider somewhere of its own), is kept at the top of the line so
+        tests and the bench count deliveries the same way for every provider."""
         duplicate = key is not None and key in self.seen
         if key is not None:
             self.seen.add(key)
-        line = json.dumps({**receipt, "received_ms": time.time() * 1000, "duplicate": duplicate}, default=str)
+        line = json.dumps({**receipt, "notification_id": notification_id, "received_ms": time.time() * 1000,
+                           "duplicate": duplicate}, default=str)
         with (self.directory / RECEIPTS).open("a") as out:
             out.write(line + "\n")
         return not duplicate
+
+
+def hex_id(value: Any) -> str | None:
+    """A notification id sent as 32 hex digits (Herald's FCM collapse key, its web push Topic), as a UUID string."""
+    try:
+        return str(uuid.UUID(hex=value))
+    except (TypeError, ValueError):
+        return None
 
 
 def read_receipts(directory: Path) -> Iterator[dict[str, Any]]:

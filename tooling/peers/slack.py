@@ -61,6 +61,16 @@ def payload_problem(body: Any) -> str | None:
     return None
 
 
+def context_id(blocks: Any) -> str | None:
+    """The notification id Herald writes in a message's context block ("Herald notification <id>")."""
+    for block in blocks or ():
+        for element in (block.get("elements") or ()) if isinstance(block, dict) and block.get("type") == "context" else ():
+            text = element.get("text", "") if isinstance(element, dict) else ""
+            if text.startswith("Herald notification "):
+                return text.removeprefix("Herald notification ")
+    return None
+
+
 def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
     async def incoming_webhook(request: web.Request) -> web.Response:
         status = await peer.fault()
@@ -77,7 +87,8 @@ def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
         problem = payload_problem(body)
         if problem:
             return slack_answer(400, problem)
-        peer.record({"hook": request.path, "text": body.get("text"), "blocks": body.get("blocks")})
+        peer.record({"hook": request.path, "text": body.get("text"), "blocks": body.get("blocks")},
+                    notification_id=context_id(body.get("blocks")))
         return slack_answer(200, "ok")
 
     return [web.post("/services/{team}/{bot}/{secret}", incoming_webhook)]
@@ -104,7 +115,7 @@ def webhook_routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
             return web.json_response({"error": "invalid_json"}, status=400)
         key = headers.get("Idempotency-Key")
         new = peer.record({"hook": name, "idempotency_key": key, "body": payload},
-                          key=f"{name}/{key}" if key else None)
+                          key=f"{name}/{key}" if key else None, notification_id=payload.get("notification_id"))
         return web.json_response({"ok": True, "duplicate": not new})
 
     return [web.post("/webhooks/{name}", receive)]

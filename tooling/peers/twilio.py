@@ -172,7 +172,8 @@ def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
         peer.record({"account_sid": sid, "to": message["to"], "from": message["from"],
                      "messaging_service_sid": message["messaging_service_sid"], "body": message["body"],
                      "sid": message["sid"], "num_segments": int(message["num_segments"]),
-                     "encoding": segments(message["body"]).encoding, "idempotency_token": token}, key=key)
+                     "encoding": segments(message["body"]).encoding, "idempotency_token": token},
+                    key=key, notification_id=token)
         callback = form.get("StatusCallback")
         if new and callback:
             task = asyncio.create_task(post_callbacks(str(callback), message, tokens[sid], peer))

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from streams.settings import Settings
 from tooling.peers import keys
-from tooling.peers.server import Peer
+from tooling.peers.server import Peer, hex_id
 
 MAX_PAYLOAD = 4096
 MAX_EXP_S = 24 * 3600
@@ -133,7 +133,8 @@ def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
             return problem(400, f"payload does not decrypt: {type(exc).__name__}")
         topic = request.headers.get("Topic")
         peer.record({"subscription": subscription_id, "ttl": int(request.headers["TTL"]), "topic": topic,
-                     "urgency": request.headers.get("Urgency", "normal"), "payload": cleartext(clear)}, key=topic)
+                     "urgency": request.headers.get("Urgency", "normal"), "payload": cleartext(clear)},
+                    key=f"{subscription_id}/{topic}" if topic else None, notification_id=hex_id(topic))
         return web.Response(status=201, headers={"Location": f"/message/{uuid.uuid4().hex}"})
 
     return [web.get("/push/_subscribe", subscribe), web.post("/push/{id}", push)]
