@@ -89,7 +89,7 @@ def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, o
     adapter = context.services[task["channel"]]
     if outcome.result is Result.SENT:
         out.put_state(context.state[DELIVERED.name], key, True)
-        emit(out, task, "sent", adapter)
+        emit(out, task, "sent", adapter, outcome)  # the provider that took it, and its detail (SMS segments…)
     elif outcome.result is Result.TRANSIENT and task["attempt"] + 1 < context.settings.delivery_max_attempts:
         schedule_retry(out, task, outcome, adapter)
     else:

@@ -23,6 +23,7 @@ from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.settings import Settings
 from streams.tables import template_key
 from streams.topics import PREFERENCES, TEMPLATES
+from tests.stack import environment
 from tests.integration.pipeline_helpers import Mail, events_with, new_tenant, produce, request, wait_for_statuses
 from tooling.bench import herald_processes
 from tooling.local import start_herald, stop_process
@@ -343,3 +344,44 @@ def test_deliver_killed_during_a_mixed_run_loses_nothing_and_sends_nothing_twice
         got = wait_stored(pipeline, providers, id_set, 180)
         assert len(got) == len(id_set), f"{channel}: {len(id_set) - len(got)} lost"
         assert set(got.values()) == {1}, f"{channel}: stored twice: {got.most_common(3)}"
+
+
+# A second Twilio account on the same peer, for the breaker: the primary's calls fail, the secondary's work.
+SECONDARY = {"HERALD_SMS__SECONDARY__ACCOUNT_SID": "AC" + "0" * 31 + "2",
+             "HERALD_SMS__SECONDARY__AUTH_TOKEN": "dev-twilio-token-2", "HERALD_SMS__BREAKER_COOLDOWN_S": "60"}
+
+
+def restart_with(settings: Settings, variables: dict[str, str | None]) -> None:
+    """The workers and the peers started again with these environment variables (the peers must know
+    the secondary account's credentials, deliver must use them)."""
+    with environment(variables):
+        for name in ("workers", "peers"):
+            stop_process(settings, name)
+        start_herald(settings, lambda line: None)
+
+
+@pytest.fixture
+def secondary_sms(pipeline: Settings) -> Iterator[None]:
+    restart_with(pipeline, SECONDARY)
+    yield
+    restart_with(pipeline, dict.fromkeys(SECONDARY))
+
+
+def test_with_the_primary_sms_provider_failing_every_call_the_secondary_delivers_each_once(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client, secondary_sms: None
+) -> None:
+    tenant, n = new_tenant(), 50
+    fault(pipeline, "twilio", status=503, scope=pipeline.sms.twilio.account_sid)
+    requests = []
+    for i in range(n):
+        r = request(tenant, f"failover-{i}", TEMPLATE, f"f{i}-{RUN}", None, {"name": f"N{i}"})
+        r["recipient"]["phone"], r["channels"] = phone(7000 + i), ["sms"]
+        requests.append(r)
+    ids = produce(producer, requests)
+    got = wait_stored(pipeline, ("twilio",), set(ids), 120)
+    assert len(got) == n and set(got.values()) == {1}, f"{n - len(got)} lost, repeats {got.most_common(3)}"
+    accounts = Counter(r["account_sid"] for r in receipts(pipeline, ("twilio",), set(ids)))
+    assert accounts == {SECONDARY["HERALD_SMS__SECONDARY__ACCOUNT_SID"]: n}
+    sent = clickhouse.execute("SELECT provider, count() FROM notification_events FINAL WHERE tenant = %(t)s "
+                              "AND status = 'sent' GROUP BY provider", {"t": tenant})
+    assert dict(sent) == {"twilio-secondary": n}

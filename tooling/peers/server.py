@@ -3,15 +3,16 @@
 Fault injection, for tests and chaos runs (the same for every provider):
 
     POST   /_faults/<provider>  {"status": 503, "count": 3, "retry_after_s": 2, "delay_s": 0,
-                                 "dead": ["+15550001111"], "body": {...}}
+                                 "dead": ["+15550001111"], "scope": "AC…"}
     DELETE /_faults/<provider>  back to healthy
     GET    /_faults/<provider>  what is set
 
 `status` answers the next `count` requests (or every request when `count` is absent) with that status
-and the provider's own error body for it (a provider module gives `body` when it has one);
-`retry_after_s` adds a Retry-After header; `delay_s` stalls each request first (a timeout, for a
-client that waits less); `dead` lists addresses the provider answers as dead (unregistered token,
-unreachable number), each in the provider's own way. A request the peer answered with a fault is
+and the provider's own error body for it; `retry_after_s` adds a Retry-After header; `delay_s` stalls
+each request first (a timeout, for a client that waits less); `scope` limits the fault to one scope
+of the provider's (Twilio: an account SID, so a primary account fails while a secondary works);
+`dead` lists addresses the provider answers as dead (unregistered token, unreachable number), each
+in the provider's own way. A request the peer answered with a fault is
 not stored.
 """
 
@@ -38,15 +39,17 @@ class Fault:
     retry_after_s: float | None = None
     delay_s: float = 0.0
     dead: set[str] = field(default_factory=set)
+    # Only requests in this scope fail (a provider module says what a scope is: Twilio's account SID).
+    scope: str | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> "Fault":
         return cls(status=body.get("status"), count=body.get("count"), retry_after_s=body.get("retry_after_s"),
-                   delay_s=float(body.get("delay_s") or 0.0), dead=set(body.get("dead") or ()))
+                   delay_s=float(body.get("delay_s") or 0.0), dead=set(body.get("dead") or ()), scope=body.get("scope"))
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after_s": self.retry_after_s,
-                "delay_s": self.delay_s, "dead": sorted(self.dead)}
+                "delay_s": self.delay_s, "dead": sorted(self.dead), "scope": self.scope}
 
 
 class Peer:
@@ -59,9 +62,11 @@ class Peer:
         self.faults = Fault()
         self.seen: set[str] = set()  # provider-side idempotency keys already stored
 
-    async def fault(self) -> int | None:
+    async def fault(self, scope: str | None = None) -> int | None:
         """The status to fail this request with, if a fault is set (after its delay); None: serve it."""
         faults = self.faults
+        if faults.scope is not None and scope != faults.scope:
+            return None
         if faults.delay_s:
             await asyncio.sleep(faults.delay_s)
         if faults.status is None or faults.count == 0:

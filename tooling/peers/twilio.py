@@ -150,7 +150,7 @@ def routes(peer: Peer, settings: Settings) -> list[web.RouteDef]:
     callbacks: set[asyncio.Task[None]] = set()  # held so that a pending callback is not garbage-collected
 
     async def create_message(request: web.Request) -> web.Response:
-        status = await peer.fault()
+        status = await peer.fault(scope=request.match_info["sid"])
         if status is not None:
             return twilio_error(status, STATUS_CODES.get(status, status), STATUS_MESSAGES.get(status, "Error"),
                                 peer.retry_after_headers())
