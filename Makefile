@@ -25,12 +25,17 @@ setup: infra
 	$(BIN)/herald topics create
 	$(BIN)/herald migrate
 
-# Everything up, demo templates and preferences, a demo batch through the gateway, then the report.
+# Everything up, demo templates and preferences (contacts on every channel, a web push subscription
+# from the local push service), a demo batch through the gateway, then where it landed and the report.
 run: venv
 	$(BIN)/herald up
 	$(BIN)/herald templates put deploy/local/demo/templates.json
+	$(BIN)/herald prefs set alice --push-token apns:$$(printf 'a1%.0s' $$(seq 32)) \
+	  --chat-webhook http://127.0.0.1:4010/services/TDEMO/BALICE/demo
+	$(BIN)/herald prefs set bob --phone +33612345678 --push-token fcm:demo-bob-android-device-registration-0001 \
+	  --push-token "$$($(BIN)/herald web-push-subscription bob)"
 	$(BIN)/herald prefs set carol --email carol@example.com
-	$(BIN)/herald prefs set dave --email dave@example.com --opt-out '*:email'
+	$(BIN)/herald prefs set dave --email dave@example.com --phone +447911123456 --opt-out '*:email'
 	$(BIN)/herald demo deploy/local/demo/batch.json
 
 # N notifications (default 20000); RATE=R requests per second (default: as fast as possible).

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tooling.processes import run_stage_processes
-from streams.settings import get_settings
+from streams.settings import Settings, get_settings
 from streams.topics import PREFERENCES, TEMPLATES
 
 app = typer.Typer(help="Herald: event-sourced notifications on Kafka, Avro and ClickHouse.", no_args_is_help=True)
@@ -287,6 +287,43 @@ def wait_settled(ids: list[str], timeout: float, quiet: float = 10) -> list[str]
         time.sleep(0.5)
 
 
+def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
+    """Where the demo's notifications landed: each provider's local peer, the mailbox and the inbox."""
+    from gateway.inbox import mint_token
+    from tooling.local import mailbox_dir
+    from tooling.mailbox import read_receipts as read_mail_receipts
+    from tooling.peers.server import peer_dir, read_receipts
+
+    wanted = set(ids)
+    mail = mailbox_dir(settings)
+    landed = Table("channel", "provider", "received", "where to look", title="where the demo's notifications landed")
+    emails = sum(1 for r in read_mail_receipts(mail) if r.notification_id in wanted and not r.duplicate)
+    landed.add_row("email", "smtp (mailbox)", str(emails), str(mail / "messages"))
+    for channel, provider in (("sms", "twilio"), ("push", "apns"), ("push", "fcm"), ("push", "webpush"), ("chat", "slack")):
+        directory = peer_dir(settings, provider)
+        count = sum(1 for r in read_receipts(directory) if r.get("notification_id") in wanted and not r["duplicate"])
+        landed.add_row(channel, provider, str(count), str(directory / "received.jsonl"))
+    token = mint_token(settings.inbox.token_secret.get_secret_value(), "demo", "alice", 24 * 3600)
+    landed.add_row("in_app", "herald.inbox", "", f"curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
+    console.print(landed)
+    console.print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
+    console.print(f"timeline    herald status {ids[0]}")
+
+
+@app.command("web-push-subscription")
+def web_push_subscription(
+    subscriber: Annotated[str, typer.Argument(help="An id for the browser (any string).")],
+) -> None:
+    """A push token for a browser subscribed at the local web push service (the peers); for `prefs set --push-token`."""
+    import httpx
+
+    settings = get_settings()
+    response = httpx.get(f"http://{settings.peers_host}:{settings.peers_port}/push/_subscribe",
+                         params={"id": subscriber}, timeout=10)
+    response.raise_for_status()
+    print(response.json()["token"])
+
+
 @app.command()
 def demo(
     batch: Annotated[Path, typer.Argument(exists=True, help="JSON NotificationBatch to send.")],
@@ -296,8 +333,6 @@ def demo(
     import time
 
     import httpx
-
-    from tooling.local import mailbox_dir
 
     settings = get_settings()
     gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
@@ -314,10 +349,7 @@ def demo(
                       f"(e.g. herald status {pending[0]}); the report shows what arrived")
     else:
         console.print(f"[green]✓[/] all {len(ids)} notifications at a final status")
-    mail = mailbox_dir(settings) / "messages"
-    console.print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
-    console.print(f"mail        {mail}  ({len(list(mail.glob('*.eml')))} messages)")
-    console.print(f"timeline    herald status {ids[0]}")
+    show_landings(settings, ids, gateway_url)
     report(minutes=60)
 
 
