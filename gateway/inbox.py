@@ -23,10 +23,7 @@ first part with `inbox.token_secret`). `herald inbox token USER` mints one.
 """
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import math
@@ -45,6 +42,7 @@ from agents.channels.in_app import inbox_key, user_id
 from gateway.server import CONTROL_CHARACTERS, MAX_NAME_CHARS, USERS_PATH, RateLimiter, json_error, same_key
 from schemas.models import InboxEvent, InboxEventKind
 from schemas.serde import AvroSerde
+from streams import signed
 from streams.codec import default_serde
 from streams.settings import Settings
 from streams.tables import FoldedTable
@@ -76,35 +74,18 @@ class InvalidToken(ValueError):
     pass
 
 
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-def signature(secret: str, payload: str) -> str:
-    return b64(hmac.new(secret.encode(), payload.encode(), hashlib.sha256).digest())
-
-
 def mint_token(secret: str, tenant: str, user: str, ttl_s: float, now: float | None = None) -> str:
     """A token for one user's inbox, valid `ttl_s` seconds."""
     expires = math.floor((time.time() if now is None else now) + ttl_s)
-    payload = b64(json.dumps({"tenant": tenant, "user_id": user, "exp": expires}, separators=(",", ":")).encode())
-    return f"{payload}.{signature(secret, payload)}"
+    return signed.sign(secret, {"tenant": tenant, "user_id": user, "exp": expires})
 
 
 def token_owner(secret: str, token: str, now: float | None = None) -> Owner:
     """The (tenant, user) a token was signed for; raises InvalidToken for a wrong signature or an expired token."""
-    payload, _, signed = token.rpartition(".")
-    if not hmac.compare_digest(signed.encode("utf-8", "surrogatepass"), signature(secret, payload).encode()):
+    claims = signed.verify(secret, token)
+    if claims is None:
         raise InvalidToken("the token's signature does not match")
-    try:
-        claims = json.loads(unb64(payload))
-        tenant, user, expires = claims["tenant"], claims["user_id"], claims["exp"]
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InvalidToken("the token is malformed") from exc
+    tenant, user, expires = claims.get("tenant"), claims.get("user_id"), claims.get("exp")
     if not (isinstance(tenant, str) and isinstance(user, str) and isinstance(expires, int)):
         raise InvalidToken("the token is malformed")
     if expires <= (time.time() if now is None else now):
@@ -454,16 +435,8 @@ class InboxApi:
 
 def gateway_append(gateway: "Gateway") -> Append:
     """Appends with the gateway's own producer (acks=all, idempotent), made anew after a failure."""
-    async def send(key: bytes, value: bytes) -> None:
-        await (await gateway.kafka()).send_and_wait(INBOX.name, value, key=key)
-
     async def append(key: bytes, value: bytes) -> None:
-        try:
-            # Bounded: aiokafka does not expire a batch for a broker it cannot reach.
-            await asyncio.wait_for(send(key, value), gateway.settings.inbox.produce_timeout_s)
-        except (KafkaError, asyncio.TimeoutError):
-            await gateway.drop_producer()
-            raise
+        await gateway.kafka.send(INBOX.name, value, key, gateway.settings.inbox.produce_timeout_s)
     return append
 
 

@@ -17,7 +17,6 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
-import contextlib
 import hmac
 import json
 import math
@@ -30,7 +29,6 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
@@ -40,6 +38,7 @@ from agents.validate import MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
 from schemas.models import BatchRecipient, Channel, NotificationBatch, NotificationRequest, Recipient
 from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
+from streams.producers import RenewingProducer
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
@@ -310,6 +309,7 @@ class Gateway:
         self.request_model = GatewayRequest
         self.batch_model = batch_model(settings.gateway_max_batch_recipients)
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
+        self.kafka = RenewingProducer(settings, linger_ms=2)
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
@@ -323,52 +323,21 @@ class Gateway:
         from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
 
         register_inbox(app, self)
-        app.on_startup.append(self.on_startup)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
-    async def on_startup(self, app: web.Application) -> None:
-        self.producer: AIOKafkaProducer | None = None  # made on the first request (see `kafka`)
-
     async def on_cleanup(self, app: web.Application) -> None:
-        await self.drop_producer()
+        await self.kafka.drop()
         self.clickhouse.disconnect()
-
-    async def kafka(self) -> AIOKafkaProducer:
-        """The gateway's producer, made anew after a failure: an idempotent producer cannot send
-        again once a batch of it failed. Raises KafkaError while Kafka is away."""
-        if self.producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True, linger_ms=2,
-                max_request_size=self.settings.max_message_bytes)
-            try:
-                await producer.start()
-            except KafkaError:
-                await producer.stop()
-                raise
-            self.producer = producer
-        return self.producer
-
-    async def send(self, value: bytes, key: bytes | None) -> Any:
-        """herald.requests has the request once this returns (the broker's record metadata)."""
-        return await (await self.kafka()).send_and_wait(REQUESTS.name, value, key=key)
-
-    async def drop_producer(self) -> None:
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):  # it failed already; what matters is the next one
-                await asyncio.wait_for(producer.stop(), timeout=5)
 
     async def publish_event(self, event: dict[str, Any]) -> None:
         """A lifecycle event of the gateway's own (an open, a click) on herald.events, as a bundle of one.
         Best effort: a recipient's click is redirected even while Kafka is away."""
-        value = bundle(self.serde, [(event["notification_id"].bytes, self.serde.encode("LifecycleEvent", event))])
+        key = event["notification_id"].bytes
+        value = bundle(self.serde, [(key, self.serde.encode("LifecycleEvent", event))])
         try:
-            producer = await self.kafka()
-            await asyncio.wait_for(producer.send_and_wait(EVENTS.name, value, key=event["notification_id"].bytes),
-                                   self.settings.gateway_produce_timeout_s)
+            await self.kafka.send(EVENTS.name, value, key, self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError):
-            await self.drop_producer()
             REFUSED.labels("event_unpublished").inc()
 
     @web.middleware
@@ -405,10 +374,8 @@ class Gateway:
         if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
             return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
         try:
-            # Bounded here: aiokafka does not expire a batch for a broker it cannot reach.
-            metadata = await asyncio.wait_for(self.send(value, key), self.settings.gateway_produce_timeout_s)
+            metadata = await self.kafka.send(REQUESTS.name, value, key, self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a request the broker does not have
-            await self.drop_producer()
             return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}",
                               headers={"Retry-After": "1"})
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))

@@ -8,19 +8,18 @@ the inbox keeps one copy.
 """
 
 import asyncio
-import contextlib
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from mode import Service
 
 from agents.channels.base import SENT, Channel, Outcome, Result
 from schemas.models import InboxEvent, InboxEventKind
 from streams.codec import default_serde
+from streams.producers import RenewingProducer
 from streams.settings import Settings
 from streams.topics import INBOX
 
@@ -75,36 +74,13 @@ class InboxAdapter(Service):
         super().__init__(**kwargs)
         self.settings = settings
         self.serde = default_serde()
-        self.producer: AIOKafkaProducer | None = None
+        self.kafka = RenewingProducer(settings)
 
     async def on_start(self) -> None:
-        await self.kafka()
+        await self.kafka.get()
 
     async def on_stop(self) -> None:
-        await self.drop_producer()
-
-    async def kafka(self) -> AIOKafkaProducer:
-        """The producer, made anew after a failure: an idempotent producer does not send again once a
-        batch of it failed (as the gateway's). Raises KafkaError while Kafka is away."""
-        if self.producer is None:
-            producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all",
-                                        enable_idempotence=True, max_request_size=self.settings.max_message_bytes)
-            try:
-                await producer.start()
-            except KafkaError:
-                await producer.stop()
-                raise
-            self.producer = producer
-        return self.producer
-
-    async def drop_producer(self) -> None:
-        producer, self.producer = self.producer, None
-        if producer is not None:
-            with contextlib.suppress(Exception):  # it failed already; what matters is the next one
-                await asyncio.wait_for(producer.stop(), timeout=5)
-
-    async def append(self, key: bytes, value: bytes) -> None:
-        await (await self.kafka()).send_and_wait(INBOX.name, value, key=key)
+        await self.kafka.drop()
 
     async def send(self, task: dict[str, Any]) -> Outcome:
         # Checked here, where it is used, whichever stage the address came from.
@@ -121,11 +97,8 @@ class InboxAdapter(Service):
         except ValueError as exc:  # SchemaEncodeError, pydantic's ValidationError
             return Outcome(Result.PERMANENT, "invalid_message", f"{type(exc).__name__}: {exc}")
         try:
-            # Bounded: aiokafka does not expire a batch for a broker it cannot reach.
-            await asyncio.wait_for(self.append(inbox_key(task["tenant"], user), value),
-                                   self.settings.inbox.produce_timeout_s)
+            await self.kafka.send(INBOX.name, value, inbox_key(task["tenant"], user), self.settings.inbox.produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError) as exc:
-            await self.drop_producer()
             return Outcome(Result.TRANSIENT, "kafka_unavailable", f"herald.inbox did not take the message: "
                                                                   f"{type(exc).__name__}: {exc}")
         return SENT

@@ -38,7 +38,7 @@ class StandInProducer:
 
 def adapter_with(producer: StandInProducer, **inbox: Any) -> InboxAdapter:
     adapter = InboxAdapter(Settings(inbox=inbox))
-    adapter.producer = producer  # type: ignore[assignment]
+    adapter.kafka.producer = producer  # type: ignore[assignment]
     return adapter
 
 
@@ -106,15 +106,15 @@ async def test_kafka_trouble_is_transient_and_the_producer_is_made_anew(producer
     adapter = adapter_with(producer, produce_timeout_s=0.05)
     outcome = await adapter.send(in_app_task())
     assert (outcome.result, outcome.code) == (Result.TRANSIENT, "kafka_unavailable")
-    assert producer.stopped and adapter.producer is None
+    assert producer.stopped and adapter.kafka.producer is None
 
 
 async def test_a_producer_that_does_not_start_is_transient() -> None:
     adapter = adapter_with(StandInProducer())
-    adapter.producer = None
+    adapter.kafka.producer = None
 
     async def away() -> None:
         raise KafkaTimeoutError()
 
-    adapter.kafka = away  # type: ignore[method-assign]  # what InboxAdapter.kafka raises while Kafka is away
+    adapter.kafka.get = away  # type: ignore[method-assign]  # what RenewingProducer.get raises while Kafka is away
     assert (await adapter.send(in_app_task())).result is Result.TRANSIENT

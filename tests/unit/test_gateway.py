@@ -248,7 +248,7 @@ def client_of(gateway: Gateway, producer: StandInProducer) -> TestClient:
     app = gateway.web_app()
     app.on_startup.clear()
     app.on_cleanup.clear()
-    gateway.producer = producer  # type: ignore[assignment]
+    gateway.kafka.producer = producer  # type: ignore[assignment]
     return TestClient(TestServer(app))
 
 
@@ -271,14 +271,14 @@ async def test_a_broker_that_does_not_answer_is_503_never_202_and_the_producer_i
     gateway = Gateway(Settings(api_key="secret"))
     fresh: list[StandInProducer] = []
 
-    async def kafka() -> StandInProducer:  # what Gateway.kafka does, without a broker
-        if gateway.producer is None:
+    async def get() -> StandInProducer:  # what RenewingProducer.get does, without a broker
+        if gateway.kafka.producer is None:
             if not fresh:
                 raise KafkaConnectionError("Kafka is still away")
-            gateway.producer = fresh.pop()  # type: ignore[assignment]
-        return gateway.producer  # type: ignore[return-value]
+            gateway.kafka.producer = fresh.pop()  # type: ignore[assignment]
+        return gateway.kafka.producer  # type: ignore[return-value]
 
-    gateway.kafka = kafka  # type: ignore[method-assign]
+    gateway.kafka.get = get  # type: ignore[method-assign]
     async with client_of(gateway, failing) as client:
         for path, payload in (("/v1/notifications", REQUEST), ("/v1/notifications/batch", BATCH)):
             response = await client.post(path, data=body(payload), headers={"X-API-Key": "secret"})

@@ -9,7 +9,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from agents.channels.tracking import sign, track_html, verify
+from agents.channels.tracking import track_html, verify
+from streams.signed import sign
 from gateway.tracking import tracking_routes
 from streams.settings import Settings
 from tests.unit import records
