@@ -1,7 +1,10 @@
-"""`herald bench`: N notifications through the running pipeline to the local mailbox, measured.
+"""`herald bench`: N notifications through the running pipeline to the local providers, measured.
 
-Prints the benchmark contract (README.md, "Benchmark"). `lost` and `duplicates` come from what the mailbox
-actually received; `raw_hop_per_s` is measured in the same run, before the pipeline load, on a plain
+Each request asks for the bench's channels and goes to one of a pool of bench users, whose phone,
+push token and chat webhook the bench publishes as their preferences. Prints the benchmark contract
+(README.md, "Benchmark"), over all channels and per channel. `lost` and `duplicates` come from what
+the providers actually received: the mailbox's and the peers' received.jsonl (tooling/peers), and for
+in-app the herald.inbox topic; `raw_hop_per_s` is measured in the same run, before the pipeline load, on a plain
 aiokafka consume → fastavro decode → encode → produce loop: the ceiling one stage could reach.
 `cpu_us_per_notification_by_stage` splits `cpu_us_per_notification` between the stage workers and
 the gateway, named after their command lines.
@@ -13,23 +16,25 @@ import os
 import statistics
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from schemas.models import PreferencesUpdated
 from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from streams.ids import notification_id
 from tooling.local import mailbox_dir, running_pid
-from tooling.mailbox import RECEIPTS, Receipt
+from tooling.peers.server import RECEIPTS, peer_dir
 from tooling.producer import publish
 from streams.settings import Settings
 from streams.tables import template_key
-from streams.topics import REQUESTS, TEMPLATES, TopicSpec, create_topics
+from streams.topics import INBOX, PREFERENCES, REQUESTS, TEMPLATES, TopicSpec, create_topics
 
 TEMPLATE_ID = "herald-bench"
 RAW_IN = TopicSpec("herald.bench.raw-in", ("NotificationRequest",), "herald bench's raw hop reads it")
@@ -37,34 +42,136 @@ RAW_OUT = TopicSpec("herald.bench.raw-out", ("NotificationRequest",), "herald be
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+# Where each channel's deliveries are counted: the received.jsonl of its providers (the mailbox's, the
+# peers'), by channel. In-app has no peer: its provider is the herald.inbox topic (InboxFollower).
+RECEIPT_PROVIDERS = {"email": ("mailbox",), "sms": ("twilio",), "push": ("apns", "fcm", "webpush"), "chat": ("webhook",)}
+IN_APP = "in_app"
+CHANNELS = (*RECEIPT_PROVIDERS, IN_APP)
+# Channels whose address comes from the bench users' preferences (email's is on the request).
+NEEDS_CONTACTS = {"sms", "push", "chat"}
+USERS = 1000  # the pool of bench users the requests go to
+PUSH_KINDS = ("apns", "fcm", "webpush")
+FOLD_S = 3.0  # how long the stages may take to fold the bench's template and contacts
+
+
+def parse_channels(values: Iterable[str]) -> list[str]:
+    """`--channels email,sms --channels push` → ["email", "sms", "push"]: comma-separated or repeated,
+    in order, each once; ValueError naming an unknown channel."""
+    channels = list(dict.fromkeys(name.strip() for value in values for name in value.split(",") if name.strip()))
+    unknown = [name for name in channels if name not in CHANNELS]
+    if unknown:
+        raise ValueError(f"unknown channel {', '.join(unknown)}; the bench knows {', '.join(CHANNELS)}")
+    if not channels:
+        raise ValueError("no channel given")
+    return channels
+
+
 @dataclass
-class Mailbox:
-    """Follows received.jsonl as it grows."""
+class Tally:
+    """One channel's deliveries of the bench's notifications: when each was first received, and how
+    many repeats followed (a provider that recognised one by its idempotency key still counts it: it
+    was sent twice)."""
+
+    wanted: set[str]
+    first_seen: dict[str, float] = field(default_factory=dict)
+    duplicates: int = 0
+
+    def add(self, notification_id: str | None, received_ms: float) -> None:
+        if notification_id not in self.wanted:
+            return
+        if notification_id in self.first_seen:
+            self.duplicates += 1
+        else:
+            self.first_seen[notification_id] = received_ms
+
+
+@dataclass
+class ReceiptFile:
+    """Follows one provider's received.jsonl (the mailbox's or a peer's) as it grows: every line has a
+    top-level notification_id and received_ms."""
 
     path: Path
     offset: int = 0
-    first_seen: dict[str, float] = field(default_factory=dict)
-    duplicates: int = 0
 
     def skip_existing(self) -> None:
         self.offset = self.path.stat().st_size if self.path.exists() else 0
 
-    def poll(self, wanted: set[str]) -> None:
+    def poll(self, tally: Tally) -> None:
         if not self.path.exists():
             return
         with self.path.open() as lines:
             lines.seek(self.offset)
             while line := lines.readline():
-                if not line.endswith("\n"):
+                if not line.endswith("\n"):  # still being written: read next time
                     break
                 self.offset = lines.tell()
-                receipt = Receipt(**json.loads(line))
-                if receipt.notification_id not in wanted:
-                    continue
-                if receipt.notification_id in self.first_seen:
-                    self.duplicates += 1
-                else:
-                    self.first_seen[receipt.notification_id] = receipt.received_ms
+                receipt = json.loads(line)
+                tally.add(receipt["notification_id"], receipt["received_ms"])
+
+
+class InboxFollower:
+    """Follows herald.inbox from its end offsets when started: each `message` event is an in-app
+    delivery, received when the broker got it (the record's timestamp)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.serde = default_serde()
+        # No group: the consumer is assigned every partition of the topic.
+        self.consumer = AIOKafkaConsumer(INBOX.name, bootstrap_servers=settings.kafka_bootstrap,
+                                         enable_auto_commit=False, max_poll_records=5000)
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        partitions = list(self.consumer.assignment())
+        for tp, end in (await self.consumer.end_offsets(partitions)).items():
+            self.consumer.seek(tp, end)
+
+    async def poll(self, tally: Tally) -> None:
+        while batches := await self.consumer.getmany(timeout_ms=100):
+            for messages in batches.values():
+                for message in messages:
+                    event = self.serde.decode(message.value, "InboxEvent")
+                    if event["kind"] == "message":
+                        tally.add(str(event["notification_id"]), message.timestamp)
+
+    async def stop(self) -> None:
+        await self.consumer.stop()
+
+
+@dataclass
+class Followers:
+    """Each channel's followers: its providers' receipt files, and herald.inbox for in-app."""
+
+    files: dict[str, list[ReceiptFile]]
+    inbox: InboxFollower | None
+
+    @classmethod
+    async def start(cls, settings: Settings, channels: list[str]) -> "Followers":
+        """From the receipts' ends now, before the requests go out."""
+        files = {c: [ReceiptFile(receipts_dir(settings, p) / RECEIPTS) for p in RECEIPT_PROVIDERS[c]]
+                 for c in channels if c in RECEIPT_PROVIDERS}
+        for follower in (f for followers in files.values() for f in followers):
+            follower.skip_existing()
+        inbox = InboxFollower(settings) if IN_APP in channels else None
+        if inbox:
+            await inbox.start()
+        return cls(files, inbox)
+
+    async def poll(self, tallies: dict[str, Tally]) -> int:
+        """Counts what arrived since the last poll; returns the deliveries so far, all channels."""
+        for channel, followers in self.files.items():
+            for follower in followers:
+                follower.poll(tallies[channel])
+        if self.inbox:
+            await self.inbox.poll(tallies[IN_APP])
+        return sum(len(t.first_seen) for t in tallies.values())
+
+    async def stop(self) -> None:
+        if self.inbox:
+            await self.inbox.stop()
+
+
+def receipts_dir(settings: Settings, provider: str) -> Path:
+    return mailbox_dir(settings) if provider == "mailbox" else peer_dir(settings, provider)
 
 
 def process_role(argv: list[str]) -> str | None:
@@ -188,11 +295,46 @@ async def raw_hop(settings: Settings, count: int) -> float:
     return count / elapsed
 
 
+def bench_user(i: int) -> str:
+    return f"bench-user-{i % USERS}"
+
+
+def push_token(settings: Settings, user: int) -> str:
+    """The user's one device, of a kind taken in turn: APNs, FCM, web push (a subscription the peer mints)."""
+    device = uuid.uuid5(uuid.NAMESPACE_URL, bench_user(user)).hex
+    kind = PUSH_KINDS[user % len(PUSH_KINDS)]
+    if kind == "apns":
+        return f"apns:{device * 2}"
+    if kind == "fcm":
+        return f"fcm:{device}"
+    subscription = httpx.get(f"{peers_url(settings)}/push/_subscribe", params={"id": bench_user(user)}, timeout=10)
+    subscription.raise_for_status()
+    return subscription.json()["token"]
+
+
+def contacts(settings: Settings, tenant: str, user: int) -> PreferencesUpdated:
+    """A bench user's phone (a French mobile), push token and chat webhook (generic and signed: it has
+    an idempotency key, so a resend shows as a duplicate at the peer)."""
+    name = bench_user(user)
+    return PreferencesUpdated.model_validate({
+        "user_id": name, "tenant": tenant, "phone": f"+33612{user:06d}", "push_tokens": [push_token(settings, user)],
+        "chat_webhook": f"{peers_url(settings)}/webhooks/{name}", "updated_at": datetime.now(timezone.utc)})
+
+
+def publish_contacts(settings: Settings, tenant: str, users: int) -> None:
+    """The bench users' preferences, rewritten each run (which also revives a contact marked dead)."""
+    publish(PREFERENCES, [(bench_user(user).encode(), contacts(settings, tenant, user)) for user in range(users)])
+
+
+def peers_url(settings: Settings) -> str:
+    return f"http://{settings.peers_host}:{settings.peers_port}"
+
+
 def bench_request(run: uuid.UUID, i: int, channels: list[str] | None = None) -> dict[str, Any]:
     return {
-        "tenant": f"bench-{run.hex[:8]}", "idempotency_key": f"bench-{run}-{i}", "template_id": TEMPLATE_ID,
+        "tenant": bench_tenant(run), "idempotency_key": f"bench-{run}-{i}", "template_id": TEMPLATE_ID,
         "template_version": None,
-        "recipient": {"user_id": f"bench-user-{i}", "email": f"bench{i}@example.com", "phone": None,
+        "recipient": {"user_id": bench_user(i), "email": f"bench{i}@example.com", "phone": None,
                       "push_tokens": [], "locale": None, "time_zone": None},
         "variables": {"n": str(i)}, "channels": channels or [], "category": "transactional",
         "priority": "normal", "send_at": None, "fallback_channel": None,
@@ -234,49 +376,90 @@ def stage_figures(settings: Settings, tenant: str) -> tuple[int, dict[str, Any]]
     return sum(count for _, _, count, _ in rows), stages
 
 
+def bench_tenant(run: uuid.UUID) -> str:
+    return f"bench-{run.hex[:8]}"
+
+
+def throughput(received_ms: Collection[float], started_ms: float) -> float:
+    """Deliveries per second from the start to the last one received."""
+    wall_s = (max(received_ms, default=started_ms) - started_ms) / 1000
+    return round(len(received_ms) / wall_s, 1) if wall_s > 0 else 0.0
+
+
+def latencies(tally: Tally, requested: dict[str, float]) -> list[float]:
+    return [received - requested[nid] for nid, received in tally.first_seen.items()]
+
+
+def channel_summary(tally: Tally, requested: dict[str, float], started_ms: float) -> dict[str, Any]:
+    """One channel's figures: every request asked for it, and each bench user has one address on it."""
+    delivered = len(tally.first_seen)
+    return {"delivered": delivered, "lost": len(requested) - delivered, "duplicates": tally.duplicates,
+            "throughput_per_s": throughput(list(tally.first_seen.values()), started_ms),
+            "latency_ms": quantiles(latencies(tally, requested))}
+
+
+def summary(tallies: dict[str, Tally], requested: dict[str, float], started_ms: float) -> dict[str, Any]:
+    """The delivery figures over every channel (README.md, Benchmark), and each channel's."""
+    channels = {name: channel_summary(tally, requested, started_ms) for name, tally in tallies.items()}
+    received = [ms for tally in tallies.values() for ms in tally.first_seen.values()]
+    return {
+        "notifications": len(requested),
+        "delivered": sum(c["delivered"] for c in channels.values()),
+        "lost": sum(c["lost"] for c in channels.values()),
+        "duplicates": sum(c["duplicates"] for c in channels.values()),
+        "throughput_per_s": throughput(received, started_ms),
+        "latency_ms": quantiles([ms for tally in tallies.values() for ms in latencies(tally, requested)]),
+        "channels": channels,
+    }
+
+
+def reached(tallies: dict[str, Tally]) -> int:
+    """The requests delivered on at least one channel: those the CPU per notification is shared by."""
+    return len(set().union(*(tally.first_seen for tally in tallies.values())))
+
+
 async def run_bench(settings: Settings, n: int, rate: float | None, channels: list[str], idle_timeout: float,
                     progress: Any = None) -> dict[str, Any]:
     put_template(channels)
-    raw_per_s = await raw_hop(settings, min(max(n, 5000), 50_000))
     run = uuid.uuid4()
-    mailbox = Mailbox(mailbox_dir(settings) / RECEIPTS)
-    mailbox.skip_existing()
+    if NEEDS_CONTACTS & set(channels):
+        publish_contacts(settings, bench_tenant(run), min(n, USERS))
+    folded_by = time.monotonic() + FOLD_S
+    raw_per_s = await raw_hop(settings, min(max(n, 5000), 50_000))
+    await asyncio.sleep(max(0.0, folded_by - time.monotonic()))
+    followers = await Followers.start(settings, channels)
     processes = herald_processes(settings)
     cpu_before = cpu_seconds(processes)
     started_ms = time.time() * 1000
     requested = await produce_requests(settings, run, n, rate, channels)
-    wanted = set(requested)
+    tallies = {channel: Tally(set(requested)) for channel in channels}
+    expected = n * len(channels)
     last_progress, last_count = time.monotonic(), 0
-    while len(mailbox.first_seen) < n and time.monotonic() - last_progress < idle_timeout:
+    while last_count < expected and time.monotonic() - last_progress < idle_timeout:
         await asyncio.sleep(0.5)
-        mailbox.poll(wanted)
-        if len(mailbox.first_seen) > last_count:
-            last_count, last_progress = len(mailbox.first_seen), time.monotonic()
+        if (count := await followers.poll(tallies)) > last_count:
+            last_count, last_progress = count, time.monotonic()
             if progress:
-                progress(last_count, n)
+                progress(last_count, expected)
     await asyncio.sleep(0.5)
-    mailbox.poll(wanted)  # late duplicates
+    await followers.poll(tallies)  # late duplicates
+    await followers.stop()
     cpu = cpu_by_role(processes, cpu_before, cpu_seconds(processes))
-    delivered = len(mailbox.first_seen)
-    wall_s = (max(mailbox.first_seen.values(), default=started_ms) - started_ms) / 1000
-    latencies = [received - requested[nid] for nid, received in mailbox.first_seen.items()]
+    requests_reached = reached(tallies)
     await asyncio.sleep(settings.sink_flush_seconds + 2)  # the sink's last batch
-    rows, stages = stage_figures(settings, f"bench-{run.hex[:8]}")
+    rows, stages = stage_figures(settings, bench_tenant(run))
 
     def per_notification(cpu_s: float) -> float:
-        return round(cpu_s * 1e6 / delivered, 1) if delivered else 0.0
+        return round(cpu_s * 1e6 / requests_reached, 1) if requests_reached else 0.0
 
+    figures = summary(tallies, requested, started_ms)
     return {
-        "notifications": n,
-        "delivered": delivered,
-        "lost": n - delivered,
-        "duplicates": mailbox.duplicates,
-        "throughput_per_s": round(delivered / wall_s, 1) if wall_s > 0 else 0.0,
-        "latency_ms": quantiles(latencies),
+        **{k: v for k, v in figures.items() if k != "channels"},
         "raw_hop_per_s": round(raw_per_s, 1),
         "cpu_us_per_notification": per_notification(sum(cpu.values())),
         "cpu_us_per_notification_by_stage": {role: per_notification(seconds) for role, seconds in cpu.items()},
         "clickhouse_rows": rows,
         "worker_rss_mb": round(rss_mb(list(processes)), 1),
         "stages": stages,
+        "channels": figures["channels"],
     }

@@ -357,15 +357,20 @@ def demo(
 def bench(
     notifications: Annotated[int, typer.Option(help="How many notifications.")] = 10_000,
     rate: Annotated[Optional[float], typer.Option(help="Requests per second; default: as fast as possible.")] = None,
-    channels: Annotated[list[str], typer.Option(help="Channels to deliver on.")] = ["email"],
+    channels: Annotated[list[str], typer.Option(
+        help="Channels each request asks for: comma-separated or repeated (email, sms, push, chat, in_app).")] = ["email"],
     idle_timeout: Annotated[float, typer.Option(help="Give up after this many seconds without a delivery.")] = 60,
     as_json: Annotated[bool, typer.Option("--json", help="Print only the benchmark's JSON line (see README.md, Benchmark).")] = False,
 ) -> None:
-    """Drive N notifications through the running pipeline to the local mailbox and measure."""
+    """Drive N notifications through the running pipeline to the local providers and measure, per channel."""
     import asyncio
 
-    from tooling.bench import run_bench
+    from tooling.bench import parse_channels, run_bench
 
+    try:
+        channels = parse_channels(channels)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--channels") from None
     settings = get_settings()
     if as_json:
         result = asyncio.run(run_bench(settings, notifications, rate, channels, idle_timeout))

@@ -6,8 +6,10 @@ replacing that class), it gives no access to response headers (Retry-After), it 
 provider token private to each connection (an ExpiredProviderToken cannot make it mint a new one),
 and a refused answer without a JSON body leaves its request waiting forever.
 
-The apns-id header is the notification id: it is how APNs names a notification, and the
-idempotency key Herald gives it. Apple's answers: 200 sent; 410 Unregistered or 400 BadDeviceToken,
+The apns-id header is the notification id: it is how APNs names a notification. APNs does not
+deduplicate on it, so apns-collapse-id is the notification id too: a resend after a lost answer
+(APNs closes connections now and then, mid-request) replaces the alert on the device instead of
+showing it twice. Apple's answers: 200 sent; 410 Unregistered or 400 BadDeviceToken,
 the device token is dead; 429, 5xx transient; 403 ExpiredProviderToken, a new token on the next
 send (transient); any other 4xx permanent, coded `apns_<reason>`.
 """
@@ -135,6 +137,7 @@ class ApnsSender(Service):
             "apns-topic": self.apns.topic,
             "apns-push-type": "alert",
             "apns-priority": "10" if message.high else "5",
+            "apns-collapse-id": message.notification_id,
         }
         try:
             response = await self.client.post(f"/3/device/{token}", content=payload(message), headers=headers)

@@ -123,7 +123,8 @@ class ApnsPeer:
         self.peer.record({"device_token": token, "apns_id": headers["apns-id"], "topic": headers["apns-topic"],
                           "push_type": headers.get("apns-push-type"), "priority": headers.get("apns-priority"),
                           "http_version": http_version, "payload": json.loads(body)},
-                         key=f"{token}/{headers['apns-id']}", notification_id=headers["apns-id"])
+                         key=f"{token}/{headers.get('apns-collapse-id') or headers['apns-id']}",
+                         notification_id=headers["apns-id"])
         return 200, None, {}
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
