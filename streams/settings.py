@@ -47,8 +47,10 @@ class SmsSettings(ProviderGuardSettings):
     secondary: TwilioSettings | None = None
 
 
-class ChatSettings(BaseModel):
+class ChatSettings(ProviderGuardSettings):
     """Chat webhooks (agents/channels/chat.py): Slack incoming webhooks and Herald-signed generic ones.
+    The guard's limits hold per webhook URL (Slack allows about one message a second per webhook,
+    with short bursts).
 
     A webhook URL comes from the user's preferences, so it is checked against these lists before
     Herald sends anything to it (server-side request forgery). `allowed_hosts`: the hosts a webhook
@@ -62,6 +64,9 @@ class ChatSettings(BaseModel):
     # A URL on these hosts with Slack's path (/services/T…/B…/…) is a Slack incoming webhook.
     slack_hosts: list[str] = ["hooks.slack.com", "127.0.0.1"]
     # Signs generic webhooks (X-Herald-Signature: v1=HMAC-SHA256(secret, "<timestamp>.<body>")).
+    # Slack: about one message a second per webhook, short bursts allowed.
+    rate_per_s: float = 1.0
+    rate_burst: int = 20
     webhook_secret: SecretStr = SecretStr("dev-chat-secret")
     timeout_s: float = 10.0
 
@@ -133,7 +138,11 @@ class WebPushSettings(BaseModel):
     max_connections: int = 64
 
 
-class PushSettings(BaseModel):
+class PushSettings(ProviderGuardSettings):
+    """The push providers; the guard's limits hold per provider (APNs, FCM, web push)."""
+
+    rate_per_s: float = 1000.0
+    rate_burst: int = 1000
     apns: ApnsSettings = ApnsSettings()
     fcm: FcmSettings = FcmSettings()
     webpush: WebPushSettings = WebPushSettings()

@@ -44,7 +44,6 @@ import json
 import re
 import socket
 import time
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -56,6 +55,7 @@ from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from agents.channels.http import host_matches, retry_after_s
 from agents.channels.base import SENT, Channel, Outcome, Result, first_of
+from agents.channels.guard import GuardSet
 from streams.settings import ChatSettings, Settings, get_settings
 
 FORBIDDEN = re.compile(r"[\s\\\x00-\x1f\x7f]")
@@ -296,6 +296,7 @@ class ChatAdapter(Service):
         self.chat = settings.chat
         self.slack = SlackWebhooks(settings)
         self.webhooks = SignedWebhooks(settings)
+        self.guards = GuardSet(settings.chat)  # per webhook: one failing hook must not stop the others
 
     def on_init_dependencies(self) -> list[Service]:
         return [self.slack, self.webhooks]
@@ -307,7 +308,7 @@ class ChatAdapter(Service):
         except ValueError as exc:
             return Outcome(Result.PERMANENT, "invalid_address", f"{task['address']!r}: {exc}")
         provider = self.slack if is_slack(url, self.chat) else self.webhooks
-        return replace(await provider.post(url, task), provider=provider.provider)
+        return await self.guards.get(url, provider.provider).send(lambda: provider.post(url, task))
 
 
 CHANNEL = Channel(

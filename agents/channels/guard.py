@@ -15,8 +15,9 @@ The clock and sleep are injected so that tests run on a fake clock.
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from mode import Service
@@ -100,11 +101,74 @@ class Breaker:
         self.probing = False
 
 
-@dataclass
-class Guarded:
-    adapter: ChannelAdapter
-    bucket: TokenBucket
-    breaker: Breaker
+class ProviderGuard:
+    """One provider's token bucket and breaker around its sends."""
+
+    def __init__(self, provider: str, limits: ProviderGuardSettings, clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        self.provider = provider
+        self.limits = limits
+        self.sleep = sleep
+        self.bucket = TokenBucket(limits.rate_per_s, limits.rate_burst, clock)
+        self.breaker = Breaker(limits.breaker_failures, limits.breaker_cooldown_s, clock)
+
+    def admit(self) -> bool:
+        return self.breaker.admit()
+
+    def refused(self) -> Outcome:
+        """What a send gets while the breaker is open and nothing else can take it."""
+        wait = self.breaker.open_for_s()
+        return Outcome(Result.TRANSIENT, "circuit_open", f"circuit open for {self.provider}", wait or None,
+                       provider=self.provider)
+
+    async def call(self, send: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """`send()` once the bucket has a token (or `rate_limited`); its answer feeds the breaker.
+        Call only after `admit()` said yes."""
+        wait = self.bucket.wait_s()
+        if wait > self.limits.rate_wait_s:
+            self.breaker.release()
+            return Outcome(Result.TRANSIENT, "rate_limited", f"{self.provider}: no send token for {wait:.2f} s", wait,
+                           provider=self.provider)
+        self.bucket.take()
+        try:
+            if wait > 0:
+                await self.sleep(wait)
+            outcome = await send()
+        except Exception:
+            self.breaker.record(failed=True)  # deliver counts a raising adapter as a transient failure
+            raise
+        finally:
+            self.breaker.release()  # cancelled while waiting or sending: no answer either way
+        failed = outcome.result is Result.TRANSIENT
+        self.breaker.record(failed)
+        if failed and outcome.retry_after_s:
+            self.bucket.pause(outcome.retry_after_s)
+        return replace(outcome, provider=outcome.provider or self.provider)
+
+    async def send(self, send: Callable[[], Awaitable[Outcome]]) -> Outcome:
+        """For a provider with no secondary: through its guard, or `circuit_open`."""
+        return await self.call(send) if self.admit() else self.refused()
+
+
+class GuardSet:
+    """A ProviderGuard per destination, made on first use: per provider for push, per webhook for chat
+    (one customer's failing webhook must not open the breaker for everyone's). The least recently
+    used are forgotten past `most`, so a stream of one-off destinations cannot grow it without bound."""
+
+    def __init__(self, limits: ProviderGuardSettings, most: int = 10_000, clock: Clock = time.monotonic,
+                 sleep: Sleep = asyncio.sleep) -> None:
+        self.limits = limits
+        self.most = most
+        self.clock = clock
+        self.sleep = sleep
+        self.guards: OrderedDict[str, ProviderGuard] = OrderedDict()
+
+    def get(self, destination: str, provider: str) -> ProviderGuard:
+        guard = self.guards.pop(destination, None) or ProviderGuard(provider, self.limits, self.clock, self.sleep)
+        self.guards[destination] = guard
+        if len(self.guards) > self.most:
+            self.guards.popitem(last=False)
+        return guard
 
 
 class GuardedAdapter(Service):
@@ -116,46 +180,18 @@ class GuardedAdapter(Service):
         super().__init__(**kwargs)
         self.channel = primary.channel
         self.provider = primary.provider
-        self.limits = limits
-        self.sleep = sleep
-        self.guarded = [
-            Guarded(adapter, TokenBucket(limits.rate_per_s, limits.rate_burst, clock),
-                    Breaker(limits.breaker_failures, limits.breaker_cooldown_s, clock))
-            for adapter in (primary, secondary) if adapter is not None
-        ]
+        self.adapters = [adapter for adapter in (primary, secondary) if adapter is not None]
+        self.guards = [ProviderGuard(adapter.provider, limits, clock, sleep) for adapter in self.adapters]
 
     def on_init_dependencies(self) -> Iterable[Any]:
-        return [guarded.adapter for guarded in self.guarded]
+        return self.adapters
 
     async def send(self, task: dict[str, Any]) -> Outcome:
         """Through the first provider whose breaker lets it; `circuit_open` when none does."""
-        for guarded in self.guarded:
-            if guarded.breaker.admit():
-                return await self.send_through(guarded, task)
-        names = ", ".join(guarded.adapter.provider for guarded in self.guarded)
-        wait = min(guarded.breaker.open_for_s() for guarded in self.guarded)
+        for adapter, guard in zip(self.adapters, self.guards):
+            if guard.admit():
+                return await guard.call(lambda: adapter.send(task))
+        names = ", ".join(adapter.provider for adapter in self.adapters)
+        wait = min(guard.breaker.open_for_s() for guard in self.guards)
         return Outcome(Result.TRANSIENT, "circuit_open", f"circuit open for {names}", wait or None,
                        provider=self.provider)
-
-    async def send_through(self, guarded: Guarded, task: dict[str, Any]) -> Outcome:
-        provider = guarded.adapter.provider
-        wait = guarded.bucket.wait_s()
-        if wait > self.limits.rate_wait_s:
-            guarded.breaker.release()
-            return Outcome(Result.TRANSIENT, "rate_limited", f"{provider}: no send token for {wait:.2f} s", wait,
-                           provider=provider)
-        guarded.bucket.take()
-        try:
-            if wait > 0:
-                await self.sleep(wait)
-            outcome = await guarded.adapter.send(task)
-        except Exception:
-            guarded.breaker.record(failed=True)  # deliver counts a raising adapter as a transient failure
-            raise
-        finally:
-            guarded.breaker.release()  # cancelled while waiting or sending: no answer either way
-        failed = outcome.result is Result.TRANSIENT
-        guarded.breaker.record(failed)
-        if failed and outcome.retry_after_s:
-            guarded.bucket.pause(outcome.retry_after_s)
-        return replace(outcome, provider=outcome.provider or provider)

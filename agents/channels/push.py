@@ -12,13 +12,13 @@ route makes one delivery task per token. Validate and the adapter check each tok
 `push_token`; the provider modules (apns.py, fcm.py, webpush.py) hold each kind's rule and its sender.
 """
 
-from dataclasses import replace
 from typing import Any
 
 from mode import Service
 
 from agents.channels import apns, fcm, webpush
 from agents.channels.base import Channel, Outcome, Result
+from agents.channels.guard import GuardSet
 from agents.channels.push_common import PushMessage, PushSender
 from streams.settings import Settings, get_settings
 
@@ -59,6 +59,8 @@ class PushAdapter(Service):
             "apns": apns.ApnsSender(settings), "fcm": fcm.FcmSender(settings), "webpush": webpush.WebPushSender(settings),
         }
 
+        self.guards = GuardSet(settings.push)
+
     def on_init_dependencies(self) -> list[Any]:
         return list(self.senders.values())
 
@@ -68,8 +70,8 @@ class PushAdapter(Service):
             kind, _, value = push_token(task["address"], self.settings).partition(":")
         except ValueError as exc:
             return Outcome(Result.PERMANENT, "invalid_address", f"{str(task['address'])[:200]!r}: {exc}")
-        outcome = await self.senders[kind].send(value, PushMessage.of(task))
-        return replace(outcome, provider=kind)
+        sender = self.senders[kind]
+        return await self.guards.get(kind, kind).send(lambda: sender.send(value, PushMessage.of(task)))
 
 
 CHANNEL = Channel(

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from agents.channels import CHANNELS
-from agents.channels.base import Result
+from agents.channels.base import Outcome, Result
 from agents.channels.push import PushAdapter, push_token, push_tokens
 from agents.validate import address_problem
 from streams.settings import Settings
@@ -261,12 +261,20 @@ async def test_apns_dead_token_is_a_dead_address(peers: Peers, adapter_for: Any)
     assert peers.receipts("apns") == []
 
 
+def assert_held_back(outcome: Outcome, retry_after_s: float) -> None:
+    """The provider's Retry-After holds the next send back too (agents/channels/guard.py)."""
+    assert (outcome.result, outcome.code) == (Result.TRANSIENT, "rate_limited")
+    assert retry_after_s - 1 < outcome.retry_after_s <= retry_after_s
+
+
 @pytest.mark.parametrize(("status", "code"), [(429, "apns_TooManyRequests"), (503, "apns_ServiceUnavailable")])
 async def test_apns_throttling_and_outages_are_transient(peers: Peers, adapter_for: Any, status: int, code: str) -> None:
     peers.fault("apns", status=status, count=1, retry_after_s=7)
     adapter = await adapter_for()
     outcome = await adapter.send(task("apns:" + APNS_TOKEN))
     assert (outcome.result, outcome.code, outcome.retry_after_s) == (Result.TRANSIENT, code, 7.0)
+    assert_held_back(await adapter.send(task("apns:" + APNS_TOKEN)), 7)
+    adapter.guards.guards.clear()  # the provider's pause over
     assert (await adapter.send(task("apns:" + APNS_TOKEN))).result is Result.SENT
 
 
@@ -332,6 +340,8 @@ async def test_fcm_quota_and_outages_are_transient(peers: Peers, adapter_for: An
     adapter = await adapter_for()
     outcome = await adapter.send(task("fcm:" + FCM_TOKEN))
     assert (outcome.result, outcome.code, outcome.retry_after_s) == (Result.TRANSIENT, code, 12.0)
+    assert_held_back(await adapter.send(task("fcm:" + FCM_TOKEN)), 12)
+    adapter.guards.guards.clear()  # the provider's pause over
     assert (await adapter.send(task("fcm:" + FCM_TOKEN))).result is Result.SENT
 
 
@@ -390,6 +400,8 @@ async def test_webpush_throttling_and_outages_are_transient(peers: Peers, adapte
     token = await new_subscription(peers)
     outcome = await adapter.send(task(token))
     assert (outcome.result, outcome.code, outcome.retry_after_s) == (Result.TRANSIENT, f"webpush_{status}", 3.0)
+    assert_held_back(await adapter.send(task(token)), 3)
+    adapter.guards.guards.clear()  # the provider's pause over
     assert (await adapter.send(task(token))).result is Result.SENT
 
 

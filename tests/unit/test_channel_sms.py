@@ -21,7 +21,7 @@ from twilio.rest import Client
 
 from agents.channels import CHANNELS
 from agents.channels.base import Outcome, Result
-from agents.channels.guard import GuardedAdapter
+from agents.channels.guard import GuardedAdapter, GuardSet
 from agents.channels.sms import (DeliveryReport, Segments, SmsAdapter, callback_url, delivery_report, phone_number,
                                  segments, sms_adapter, verify_status_callback)
 from agents.channels.http import retry_after_s
@@ -469,9 +469,23 @@ async def test_the_sms_adapter_starts_and_stops_both_providers(tmp_path: Path) -
     settings = Settings(data_dir=tmp_path, sms=SmsSettings(twilio=account("http://127.0.0.1:9"),
                                                            secondary=account("http://127.0.0.1:9")))
     guarded = sms_adapter(settings)
-    adapters = [g.adapter for g in guarded.guarded]
+    adapters = guarded.adapters
     assert [a.provider for a in adapters] == ["twilio", "twilio-secondary"]
     await guarded.start()
     assert all(a.client is not None and not a.client.is_closed for a in adapters)
     await guarded.stop()
     assert all(a.client is not None and a.client.is_closed for a in adapters)
+
+
+async def test_a_guard_set_keeps_destinations_apart_and_forgets_the_oldest() -> None:
+    clock = FakeClock()
+    guards = GuardSet(limits(), most=2, clock=clock, sleep=clock.sleep)
+    failing, working = FakeAdapter("webhook", FAILING), FakeAdapter("webhook")
+    for _ in range(3):
+        await guards.get("https://a.example/hook", "webhook").send(lambda: failing.send({}))
+    refused = await guards.get("https://a.example/hook", "webhook").send(lambda: failing.send({}))
+    assert (refused.code, failing.sends) == ("circuit_open", 3)  # a's breaker is open…
+    sent = await guards.get("https://b.example/hook", "webhook").send(lambda: working.send({}))
+    assert sent.result is Result.SENT and sent.provider == "webhook"  # …b's is not
+    guards.get("https://c.example/hook", "webhook")
+    assert list(guards.guards) == ["https://b.example/hook", "https://c.example/hook"]  # at most 2: a forgotten
