@@ -44,7 +44,7 @@ def require_stack_tools() -> None:
 
 def stack_environment(data_dir: Path) -> dict[str, str]:
     """HERALD_* variables of a stack under `data_dir` on free ports, sharing the usual jar cache."""
-    kafka, controller, clickhouse, clickhouse_http, smtp, gateway, peers = free_ports(7)
+    kafka, controller, clickhouse, clickhouse_http, smtp, gateway, peers, apns = free_ports(8)
     return {
         "HERALD_DATA_DIR": str(data_dir),
         "HERALD_CACHE_DIR": os.environ.get("HERALD_CACHE_DIR") or str(get_settings().data_dir / "cache"),
@@ -57,6 +57,11 @@ def stack_environment(data_dir: Path) -> dict[str, str]:
         "HERALD_GATEWAY_PORT": str(gateway),
         "HERALD_PUBLIC_URL": f"http://127.0.0.1:{gateway}",
         "HERALD_PEERS_PORT": str(peers),
+        "HERALD_PUSH__APNS__PORT": str(apns),
+        # The HTTP providers' base URLs follow the private peers.
+        "HERALD_SMS__TWILIO__BASE_URL": f"http://127.0.0.1:{peers}",
+        "HERALD_PUSH__FCM__BASE_URL": f"http://127.0.0.1:{peers}",
+        "HERALD_PUSH__FCM__TOKEN_URI": f"http://127.0.0.1:{peers}/token",
     }
 
 
