@@ -165,7 +165,8 @@ async def client() -> AsyncIterator[TestClient]:
         yield test_client
 
 
-def token(user: str = "alice", tenant: str = "acme", ttl: float = 60) -> dict[str, str]:
+def token(user: str = "alice", tenant: str = "acme", ttl: float = 24 * 3600) -> dict[str, str]:
+    # A day: the parametrized cases mint theirs when pytest collects them, maybe many minutes before they run.
     return {"Authorization": f"Bearer {mint_token(SECRET, tenant, user, ttl)}"}
 
 
