@@ -296,18 +296,21 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
 
     wanted = set(ids)
     mail = mailbox_dir(settings)
-    landed = Table("channel", "provider", "received", "where to look", title="where the demo's notifications landed")
+    landed = Table("channel", "provider", "received", title="where the demo's notifications landed")
     emails = sum(1 for r in read_mail_receipts(mail) if r.notification_id in wanted and not r.duplicate)
-    landed.add_row("email", "smtp (mailbox)", str(emails), str(mail / "messages"))
+    landed.add_row("email", "smtp (mailbox)", str(emails))
     for channel, provider in (("sms", "twilio"), ("push", "apns"), ("push", "fcm"), ("push", "webpush"), ("chat", "slack")):
-        directory = peer_dir(settings, provider)
-        count = sum(1 for r in read_receipts(directory) if r.get("notification_id") in wanted and not r["duplicate"])
-        landed.add_row(channel, provider, str(count), str(directory / "received.jsonl"))
-    token = mint_token(settings.inbox.token_secret.get_secret_value(), "demo", "alice", 24 * 3600)
-    landed.add_row("in_app", "herald.inbox", "", f"curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
+        count = sum(1 for r in read_receipts(peer_dir(settings, provider))
+                    if r.get("notification_id") in wanted and not r["duplicate"])
+        landed.add_row(channel, provider, str(count))
     console.print(landed)
-    console.print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
-    console.print(f"timeline    herald status {ids[0]}")
+    # Plain prints: paths and URLs a reader copies must not be wrapped or cut to the terminal's width.
+    print(f"mail        {mail / 'messages'}")
+    print(f"providers   {settings.data_dir / 'peers'}/<provider>/received.jsonl")
+    token = mint_token(settings.inbox.token_secret.get_secret_value(), "demo", "alice", 24 * 3600)
+    print(f"inbox       curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
+    print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
+    print(f"timeline    herald status {ids[0]}")
 
 
 @app.command("web-push-subscription")

@@ -211,8 +211,8 @@ def start_herald(settings: Settings, say: Callable[[str], None]) -> list[str]:
     start_mailbox(settings)
     say(f"mailbox (SMTP) on {settings.smtp_host}:{settings.smtp_port}, mail in {mailbox_dir(settings)}")
     start_peers(settings)
-    say(f"provider peers (HTTP) on {settings.peers_host}:{settings.peers_port}, "
-        f"what they receive in {settings.data_dir / 'peers'}")
+    say(f"provider peers on {settings.peers_host}:{settings.peers_port} (APNs :{settings.push.apns.port}), "
+        f"receipts in {settings.data_dir / 'peers'}")
     start_process(settings, "workers", herald("worker", "--stage", "all"), lambda: workers_ready(settings), 180,
                   f"every stage's consumer group Stable with members, on Kafka {settings.kafka_bootstrap}")
     say(f"workers: {', '.join(stage_names())}")
