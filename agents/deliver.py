@@ -17,7 +17,7 @@ import asyncio
 import hashlib
 import logging
 import random
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from agents.channels import CHANNELS
@@ -58,11 +58,16 @@ async def deliver(batch: list[Incoming], context: Context) -> Outputs:
     out = context.outputs()
     delivered = context.state[DELIVERED.name]
     todo: dict[str, Incoming] = {}
+    now = now_utc()
     for record in batch:
         key = delivered_key(record.value)
         # Sent before a crash or rebalance (this is the replay), or twice in one batch: once is enough.
-        if delivered.get(key) is None and key not in todo:
-            todo[key] = record
+        if delivered.get(key) is not None or key in todo:
+            continue
+        if expired(record.value, now):
+            expire(out, record.value, context.services[record.value["channel"]], now)
+            continue
+        todo[key] = record
     window = asyncio.Semaphore(context.settings.deliver_concurrency)
 
     async def attempt(record: Incoming) -> Outcome:
@@ -94,6 +99,17 @@ def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, o
         schedule_retry(out, task, outcome, adapter)
     else:
         give_up(out, record, outcome, adapter)
+
+
+def expired(task: dict[str, Any], now: datetime) -> bool:
+    """Past its `expires_at`: sending it now would be late (an OTP), so it is not sent at all."""
+    return task["expires_at"] is not None and now >= task["expires_at"]
+
+
+def expire(out: Outputs, task: dict[str, Any], adapter: ChannelAdapter, now: datetime) -> None:
+    late = (now - task["expires_at"]).total_seconds()
+    emit(out, task, "expired", adapter, Outcome(Result.PERMANENT, "expired",
+                                                f"{late:.1f} s past expires_at after {task['attempt']} attempts"))
 
 
 def emit(out: Outputs, task: dict[str, Any], status: str, adapter: ChannelAdapter,

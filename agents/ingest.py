@@ -20,7 +20,7 @@ from streams.tables import StateTable
 from streams.topics import ACCEPTED, EVENTS, IDEMPOTENCY_KEYS, REJECTED, REQUESTS
 
 COMMON_FIELDS = ("tenant", "template_id", "template_version", "channels", "category", "priority",
-                 "send_at", "fallback_channel", "requested_at", "metadata")
+                 "send_at", "expires_at", "fallback_channel", "requested_at", "metadata")
 
 
 def notification(request: Mapping[str, Any], recipient: Mapping[str, Any], variables: Mapping[str, str],

@@ -30,7 +30,7 @@ def opted_out(preferences: dict[str, Any] | None, category: str, channel: str) -
 
 def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str) -> dict[str, Any]:
     fields = ("notification_id", "tenant", "recipient", "template_id", "template_version", "category",
-              "priority", "fallback_channel", "requested_at", "received_at", "metadata")
+              "priority", "fallback_channel", "expires_at", "requested_at", "received_at", "metadata")
     task = {field: notification[field] for field in fields}
     task.update(channel=content["channel"], address=to, content=content, attempt=0, due_at=None)
     return task

@@ -121,6 +121,7 @@ class LifecycleStatus(StrEnum):
     opened = "opened"
     clicked = "clicked"
     read = "read"
+    expired = "expired"
 
 
 class InboxEventKind(StrEnum):
@@ -227,6 +228,8 @@ class NotificationRequest(AvroModel):
     category: str = "transactional"
     priority: Priority = Priority.normal
     send_at: TimestampMillis | None = None
+    expires_at: TimestampMillis | None = None
+    """Latest time to deliver; after it the notification is expired, never sent late."""
     """Earliest time to deliver; null means now."""
     fallback_channel: Channel | None = None
     """Channel to try when every attempt on the first one failed."""
@@ -255,6 +258,8 @@ class NotificationBatch(AvroModel):
     category: str = "transactional"
     priority: Priority = Priority.normal
     send_at: TimestampMillis | None = None
+    expires_at: TimestampMillis | None = None
+    """Latest time to deliver; after it the notification is expired, never sent late."""
     fallback_channel: Channel | None = None
     requested_at: TimestampMillis | None = None
     metadata: dict[str, str] = Field(default_factory=dict)
@@ -279,6 +284,8 @@ class Notification(AvroModel):
     category: str = "transactional"
     priority: Priority = Priority.normal
     send_at: TimestampMillis | None = None
+    expires_at: TimestampMillis | None = None
+    """Latest time to deliver; after it the notification is expired, never sent late."""
     fallback_channel: Channel | None = None
     requested_at: TimestampMillis | None = None
     received_at: TimestampMillis
@@ -309,6 +316,8 @@ class DeliveryTask(AvroModel):
     """Delivery attempt, 0 for the first."""
     due_at: TimestampMillis | None = None
     """On a retry topic: not before this time."""
+    expires_at: TimestampMillis | None = None
+    """Latest time to deliver; after it the notification is expired, never sent late."""
     requested_at: TimestampMillis | None = None
     received_at: TimestampMillis
     metadata: dict[str, str] = Field(default_factory=dict)

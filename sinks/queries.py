@@ -56,7 +56,7 @@ GROUP BY notification_id, channel
 
 # Where a notification's story ends on a channel: sent (or what a provider reports later), given up
 # on, or never attempted. `rejected` and `dead_lettered` also end it before any channel.
-FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered",
+FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered", "expired",
                             "opened", "clicked", "read"})
 
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")

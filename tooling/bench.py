@@ -337,7 +337,7 @@ def bench_request(run: uuid.UUID, i: int, channels: list[str] | None = None) -> 
         "recipient": {"user_id": bench_user(i), "email": f"bench{i}@example.com", "phone": None,
                       "push_tokens": [], "locale": None, "time_zone": None},
         "variables": {"n": str(i)}, "channels": channels or [], "category": "transactional",
-        "priority": "normal", "send_at": None, "fallback_channel": None,
+        "priority": "normal", "send_at": None, "expires_at": None, "fallback_channel": None,
         "requested_at": datetime.now(timezone.utc), "metadata": {},
     }
 

@@ -60,7 +60,8 @@ def request(tenant: str, key: str, template_id: str, user_id: str, email: str | 
         "recipient": {"user_id": user_id, "email": email, "phone": None, "push_tokens": [], "locale": None,
                       "time_zone": None},
         "variables": variables, "channels": ["email"], "category": "transactional", "priority": "normal",
-        "send_at": None, "fallback_channel": None, "requested_at": datetime.now(timezone.utc), "metadata": {},
+        "send_at": None, "expires_at": None, "fallback_channel": None, "requested_at": datetime.now(timezone.utc),
+        "metadata": {},
     }
 
 

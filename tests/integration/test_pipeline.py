@@ -6,6 +6,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -223,3 +224,27 @@ def test_smtp_server_down_for_20_seconds_everything_arrives_after(
     retried = events_with(clickhouse, tenant, "retried")
     assert retried, "no retried events: the outage was not noticed"
     assert {code for code, _ in retried.values()} == {"smtp_connection"}
+
+
+def test_an_otp_whose_expiry_passes_while_smtp_is_down_expires_and_is_never_sent(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    tenant = new_tenant()
+    stop_process(pipeline, "mailbox")
+    try:
+        otp = welcome_requests(tenant, 1, "otp")[0]
+        otp["expires_at"] = datetime.now(timezone.utc) + timedelta(seconds=2)
+        timely = welcome_requests(tenant, 1, "timely")[0]  # no expiry: delivered once the mailbox is back
+        ids = produce(producer, [otp, timely])
+        time.sleep(10)
+    finally:
+        start_mailbox(pipeline)
+    found = wait_for_statuses(clickhouse, tenant, ids, set(), 0)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not ("expired" in found.get(ids[0], set()) and "sent" in found.get(ids[1], set())):
+        time.sleep(1)
+        found = wait_for_statuses(clickhouse, tenant, ids, set(), 0)
+    assert "expired" in found[ids[0]] and "sent" not in found[ids[0]], found.get(ids[0])
+    assert "sent" in found[ids[1]]
+    assert ids[0] not in Mail(pipeline, ids).submissions()
+    assert events_with(clickhouse, tenant, "expired")[ids[0]][0] == "expired"

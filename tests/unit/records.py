@@ -25,7 +25,7 @@ def request(**overrides: Any) -> dict[str, Any]:
     return {
         "tenant": "acme", "idempotency_key": None, "template_id": "welcome", "template_version": None,
         "recipient": recipient(email="alice@example.com"), "variables": {"name": "Alice"},
-        "channels": [], "category": "transactional", "priority": "normal", "send_at": None,
+        "channels": [], "category": "transactional", "priority": "normal", "send_at": None, "expires_at": None,
         "fallback_channel": None, "requested_at": REQUESTED_AT, "metadata": {"source": "unit"},
     } | overrides
 
@@ -47,7 +47,7 @@ def batch(**overrides: Any) -> dict[str, Any]:
             batch_member("user-2", {}, phone="+33600000000"),
             batch_member("user-3", {"name": "Carol", "extra": "x"}),
         ],
-        "channels": ["email"], "category": "marketing", "priority": "low", "send_at": None,
+        "channels": ["email"], "category": "marketing", "priority": "low", "send_at": None, "expires_at": None,
         "fallback_channel": "sms", "requested_at": REQUESTED_AT, "metadata": {},
     } | overrides
 
@@ -64,7 +64,7 @@ def notification(**overrides: Any) -> dict[str, Any]:
         "notification_id": NOTIFICATION_ID, "tenant": "acme", "batch_id": None, "idempotency_key": None,
         "template_id": "welcome", "template_version": 3, "recipient": recipient(email="alice@example.com"),
         "variables": {"name": "Alice"}, "channels": ["email"], "category": "transactional",
-        "priority": "normal", "send_at": None, "fallback_channel": None, "requested_at": REQUESTED_AT,
+        "priority": "normal", "send_at": None, "expires_at": None, "fallback_channel": None, "requested_at": REQUESTED_AT,
         "received_at": RECEIVED_AT, "metadata": {"source": "unit"}, "rendered": [content()],
     } | overrides
 
@@ -98,5 +98,5 @@ def delivery_task(**overrides: Any) -> dict[str, Any]:
         "notification_id": NOTIFICATION_ID, "tenant": "acme", "channel": "email", "address": "alice@example.com",
         "recipient": recipient(email="alice@example.com"), "content": content(), "template_id": "welcome",
         "template_version": 3, "category": "transactional", "priority": "normal", "fallback_channel": None,
-        "attempt": 0, "due_at": None, "requested_at": REQUESTED_AT, "received_at": RECEIVED_AT, "metadata": {},
+        "attempt": 0, "due_at": None, "expires_at": None, "requested_at": REQUESTED_AT, "received_at": RECEIVED_AT, "metadata": {},
     } | overrides

@@ -184,6 +184,21 @@ async def test_deliver_batch(tmp_path: Path) -> None:
     assert list(delivered.decode(block.value)["entries"]) == [delivered_key(batch[0].value)]
 
 
+async def test_deliver_expires_a_task_past_its_expires_at_and_sends_it_never(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    adapter = FakeAdapter()
+    stage.context.services = {"email": adapter}
+    now = datetime.now(UTC)
+    late = records.delivery_task(notification_id=uuid.UUID(int=1), attempt=2, expires_at=now - timedelta(seconds=3))
+    timely = records.delivery_task(notification_id=uuid.UUID(int=2), expires_at=now + timedelta(minutes=5))
+    out = await stage.handle([incoming(late, "DeliveryTask", deliver_topic("email"), 1),
+                              incoming(timely, "DeliveryTask", deliver_topic("email"), 2)])
+    assert adapter.sent == ["alice@example.com"]  # only the timely one
+    events = {(e["notification_id"].int, e["status"]): e for e in out.of(EVENTS)}
+    assert set(events) == {(1, "expired"), (2, "sent")}
+    assert events[(1, "expired")]["error_code"] == "expired" and "after 2 attempts" in events[(1, "expired")]["detail"]
+
+
 async def test_deliver_removes_a_dead_address(tmp_path: Path) -> None:
     stage = runtime(DELIVER_STAGE, tmp_path)
     stage.context.services = {"email": FakeAdapter()}
