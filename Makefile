@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HERALD_DATA_DIR ?= $(CURDIR)/.herald
 
-.PHONY: venv infra setup run test unit integration chaos bench down clean fuzz
+.PHONY: venv infra setup run test unit integration chaos bench down clean fuzz image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ run: venv
 bench: venv
 	$(BIN)/herald up
 	$(BIN)/herald bench --notifications $(or $(N),20000) $(if $(RATE),--rate $(RATE)) --json
+
+# The container image (Dockerfile), for those with a Docker daemon; the manifests run it.
+image:
+	@command -v docker >/dev/null || { echo "make image needs docker; the wheel alone: pip wheel --no-deps ." >&2; exit 1; }
+	docker build -t herald:dev .
 
 unit: venv
 	$(BIN)/pytest tests/unit -q
