@@ -22,10 +22,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 import uuid
 import zlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Iterable
+from typing import Any
 
 import faust
 from aiokafka.errors import KafkaError
@@ -35,6 +37,7 @@ from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError
 from streams.codec import default_serde
 from streams.app import create_app
 from streams.codec import bundle, chunks, unbundle
+from streams.health import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT, HealthServer
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
 from streams.tables import FoldedTable, PreferenceTable, StateTable, TemplateTable
@@ -71,6 +74,7 @@ class StageRuntime:
             table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
             self.context.state[state.topic.name] = self.table(table)
         self.context.services = spec.services(settings) if spec.services else {}
+        self.health = HealthServer(settings, spec.name, self.ready, self.consumer_lag)
         if spec.handle is not None:
             for source in spec.inputs:
                 self.add_agent(source)
@@ -80,7 +84,31 @@ class StageRuntime:
     @property
     def services(self) -> list[faust.types.ServiceT]:
         """What the worker starts beside the app: folded tables, provider adapters, a sink."""
-        return [*self.tables, *self.context.services.values()]
+        return [*self.tables, *self.context.services.values(), self.health]
+
+    def ready(self) -> bool:
+        """Tables caught up and, for a stage with agents, partitions assigned (streams/health.py)."""
+        if not all(table.ready.is_set() for table in self.tables):
+            return False
+        return self.spec.handle is None or bool(self.assignment())
+
+    def assignment(self) -> set[Any]:
+        try:
+            return set(self.app.consumer.assignment())
+        except Exception:  # noqa: BLE001 - not started yet, or stopping: nothing assigned
+            return set()
+
+    def consumer_lag(self) -> list[tuple[str, int, int]]:
+        """(topic, partition, messages behind) of each assigned partition, from the last commit
+        (Faust keeps committed offsets in `_committed_offset`; it has no public reader)."""
+        consumer = self.app.consumer
+        lag = []
+        for tp in sorted(self.assignment()):
+            committed = consumer._committed_offset.get(tp)
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag.append((tp.topic, tp.partition, max(highwater - (committed or 0), 0)))
+        return lag
 
     def table(self, table: FoldedTable) -> FoldedTable:
         self.tables.append(table)
@@ -115,7 +143,9 @@ class StageRuntime:
 
         The records go to the handler in chunks, each chunk's outputs in Kafka before the next.
         """
+        started = time.perf_counter()
         out, batch = await self.decode_batch(source, events)
+        RECORDS_IN.labels(self.spec.name, source.name).inc(len(batch))
         await self.emit(out, "")
         chunk = getattr(self.settings, self.spec.chunk_setting)
         for start in range(0, len(batch), chunk):
@@ -123,11 +153,14 @@ class StageRuntime:
             # its block must not replace the one that recorded those entries.
             block_id = f"{batch[start].position}~{uuid.uuid4().hex}"
             await self.emit(await self.handle(batch[start:start + chunk]), block_id)
+        BATCH_SECONDS.labels(self.spec.name).observe(time.perf_counter() - started)
 
     async def emit(self, out: Outputs, block_id: str) -> None:
         """Produce a chunk's outputs and state; once acknowledged, fold the state into its tables."""
         blocks = out.state_blocks(block_id)
         await self.produce([*out.records, *blocks])
+        for topic, count in Counter(record.topic.name for record in out.records).items():
+            RECORDS_OUT.labels(self.spec.name, topic).inc(count)
         for block in blocks:
             table = self.context.state[block.topic.name]
             table.fold(block.key or b"", table.decode(block.value or b"null"))

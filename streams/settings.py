@@ -263,6 +263,11 @@ class Settings(BaseSettings):
     # How long ingest remembers an idempotency key.
     idempotency_ttl_s: int = 24 * 3600
 
+    # Each stage worker's /healthz, /readyz and /metrics (streams/health.py); 0: a free port, written
+    # to <data_dir>/run/health-<stage>.port (locally, six workers share a host).
+    health_host: str = "127.0.0.1"
+    health_port: int = 0
+
     # Local provider peers (tooling/peers): one HTTP server for every HTTP provider, run by `herald up`.
     peers_host: str = "127.0.0.1"
     peers_port: int = 4010

@@ -637,3 +637,14 @@ def test_renderer_agrees_with_kustomize(variant: str, tmp_path: Path) -> None:
 
 def load_all_text(text: str) -> list[Obj]:
     return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+
+
+def test_stage_workers_are_probed_on_their_health_endpoints(rendered: list[Obj]) -> None:
+    settings = settings_of(rendered)
+    assert settings.health_host == "0.0.0.0" and settings.health_port > 0, "the kubelet must reach a fixed port"
+    for stage, deployment in stage_deployments(rendered).items():
+        (container,) = pod_spec(deployment)["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        for probe, path in ((container["livenessProbe"], "/healthz"), (container["readinessProbe"], "/readyz")):
+            assert probe["httpGet"]["path"] == path, stage
+            assert ports.get(probe["httpGet"]["port"], probe["httpGet"]["port"]) == settings.health_port, stage
