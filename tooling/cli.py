@@ -313,6 +313,26 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     print(f"timeline    herald status {ids[0]}")
 
 
+replay_app = typer.Typer(help="Rebuild from the log.", no_args_is_help=True)
+app.add_typer(replay_app, name="replay")
+
+
+@replay_app.command("events")
+def replay_events(
+    since: Annotated[Optional[datetime], typer.Option(help="Replay from the first event at or after this time (UTC "
+                                                           "unless it says); default: the whole log.")] = None,
+) -> None:
+    """Insert herald.events and herald.dlq into ClickHouse again; idempotent (counts after equal counts before)."""
+    from tooling.replay import replay_events as replay
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    with console.status("replaying…") as status:
+        done = replay(get_settings(), since, status.update)
+    console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+
+
 @app.command("web-push-subscription")
 def web_push_subscription(
     subscriber: Annotated[str, typer.Argument(help="An id for the browser (any string).")],
