@@ -69,6 +69,9 @@ INBOX = TopicSpec("herald.inbox", ("InboxEvent",),
                   retention_setting="inbox.retention_ms")
 IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
                             "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
+REPLAYED = TopicSpec("herald.state.replayed", (),
+                     "`herald replay dlq` writes and reads: the dead letters and rejections it sent back (JSON)",
+                     compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
 DELIVER = tuple(
@@ -86,7 +89,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED,
+    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
 )
 
 

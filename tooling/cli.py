@@ -333,6 +333,20 @@ def replay_events(
                   f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
 
 
+@replay_app.command("dlq")
+def replay_dlq(
+    reason: Annotated[str, typer.Option(help="The reason code to send back, e.g. unknown_template, retries_exhausted.")],
+    stage: Annotated[Optional[str], typer.Option(help="Only what this stage refused or could not process.")] = None,
+) -> None:
+    """Send dead letters and rejections with this reason back where they came from, each at most once."""
+    from tooling.replay import replay_refused
+
+    with console.status("sending back…") as status:
+        sent = replay_refused(get_settings(), reason, stage, status.update)
+    where = ", ".join(f"{count:,} to {topic}" for topic, count in sent.items()) or "nothing (none left with that reason)"
+    console.print(f"[green]✓[/] sent back: {where}")
+
+
 @app.command("web-push-subscription")
 def web_push_subscription(
     subscriber: Annotated[str, typer.Argument(help="An id for the browser (any string).")],
