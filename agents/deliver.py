@@ -129,6 +129,7 @@ def schedule_retry(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter
 def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAdapter) -> None:
     task = record.value
     emit(out, task, "failed", adapter, outcome)
+    fall_back(out, task, outcome)
     if outcome.result is Result.DEAD_ADDRESS:
         remove_contact(out, task, outcome, adapter)
         return
@@ -137,6 +138,20 @@ def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAd
     emit(out, task, "dead_lettered", adapter, Outcome(outcome.result, "retries_exhausted", outcome.detail))
     out.dead_letter(record, "retries_exhausted", f"{task['attempt'] + 1} attempts; last: {outcome.code} {outcome.detail}",
                     notification_id=task["notification_id"])
+
+
+def fall_back(out: Outputs, task: dict[str, Any], outcome: Outcome) -> None:
+    """The delivery failed for good: the fallback channel's task, once (it carries no fallback itself),
+    and a `routed` event in the timeline saying why."""
+    fallback = task["fallback"]
+    if fallback is None:
+        return
+    instead = dict(task, channel=fallback["channel"], address=fallback["address"], content=fallback["content"],
+                   attempt=0, due_at=None, fallback=None)
+    topic = DELIVER_BY_NAME[deliver_topic(fallback["channel"], task["priority"] == "high")]
+    out.send(topic, task["recipient"]["user_id"].encode(), instead)
+    out.event(instead, "routed", channel=fallback["channel"], error_code="fallback",
+              detail=f"{task['channel']} failed for good ({outcome.code}): falling back to {fallback['channel']}")
 
 
 def remove_contact(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:

@@ -28,21 +28,47 @@ def opted_out(preferences: dict[str, Any] | None, category: str, channel: str) -
     )
 
 
-def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str) -> dict[str, Any]:
+def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str,
+                  fallback: dict[str, Any] | None = None) -> dict[str, Any]:
     fields = ("notification_id", "tenant", "recipient", "template_id", "template_version", "category",
               "priority", "fallback_channel", "expires_at", "requested_at", "received_at", "metadata")
     task = {field: notification[field] for field in fields}
-    task.update(channel=content["channel"], address=to, content=content, attempt=0, due_at=None)
+    task.update(channel=content["channel"], address=to, content=content, attempt=0, due_at=None,
+                fallback=fallback if fallback is not None and fallback["channel"] != content["channel"] else None)
     return task
+
+
+def live_addresses(channel: str, notification: dict[str, Any], preferences: dict[str, Any] | None,
+                   dead: AbstractSet[tuple[str, str]]) -> tuple[list[str], list[str]]:
+    """A channel's addresses for the notification, and those of them a provider has not said are dead."""
+    addresses = CHANNELS[channel].addresses(notification["recipient"], preferences)
+    return addresses, [to for to in addresses if (channel, to) not in dead]
+
+
+def fallback_of(notification: dict[str, Any], preferences: dict[str, Any] | None,
+                dead: AbstractSet[tuple[str, str]]) -> dict[str, Any] | None:
+    """The Fallback deliver turns to when a delivery fails for good: the fallback channel's first
+    live address and its rendered part; None without a fallback channel, or an address for it."""
+    name = notification["fallback_channel"]
+    if name is None or name not in CHANNELS or opted_out(preferences, notification["category"], name):
+        return None
+    content = next((c for c in notification["rendered"] if c["channel"] == name), None)
+    _, live = live_addresses(name, notification, preferences, dead)
+    return {"channel": name, "address": live[0], "content": content} if content and live else None
 
 
 def route(notification: dict[str, Any], preferences: dict[str, Any] | None,
           dead: AbstractSet[tuple[str, str]] = frozenset()) -> tuple[list[dict[str, Any]], list[Suppression]]:
     """Delivery tasks for the channels that stay (one per live address), and why the others were
-    suppressed. `dead` holds the (channel, address) pairs a provider said are dead."""
+    suppressed. `dead` holds the (channel, address) pairs a provider said are dead. The fallback
+    channel's part is not a delivery of its own: it rides on each task, for deliver to send once
+    if that delivery fails for good."""
     tasks, suppressed = [], []
+    fallback = fallback_of(notification, preferences, dead)
     for content in notification["rendered"]:
         name = content["channel"]
+        if name not in notification["channels"]:
+            continue  # the fallback's part
         if opted_out(preferences, notification["category"], name):
             suppressed.append(Suppression(name, "opted_out", f"user opted out of {name} for '{notification['category']}'"))
             continue
@@ -50,16 +76,15 @@ def route(notification: dict[str, Any], preferences: dict[str, Any] | None,
         if channel is None:  # validate refuses these; a notification from before a channel was removed
             suppressed.append(Suppression(name, "channel_unavailable", f"Herald has no {name} channel"))
             continue
-        addresses = channel.addresses(notification["recipient"], preferences)
+        addresses, live = live_addresses(name, notification, preferences, dead)
         if not addresses:
             suppressed.append(Suppression(name, "no_address", f"no {channel.contact} for the user"))
             continue
-        live = [to for to in addresses if (name, to) not in dead]
         if not live:
             suppressed.append(Suppression(name, "dead_address", f"the provider said the user's {channel.contact} "
                                                                 f"is dead: {', '.join(addresses)}"))
             continue
-        tasks.extend(delivery_task(notification, content, to) for to in live)
+        tasks.extend(delivery_task(notification, content, to, fallback) for to in live)
     return tasks, suppressed
 
 

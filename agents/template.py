@@ -146,6 +146,13 @@ def template_problems(template: Mapping[str, Any], allow_unsafe_html: bool = Fal
     return problems
 
 
+def rendered_channels(notification: dict[str, Any]) -> list[str]:
+    """The notification's channels, and its fallback channel's part (route keeps it aside for deliver)."""
+    fallback = notification["fallback_channel"]
+    channels = notification["channels"]
+    return [*channels, fallback] if fallback is not None and fallback not in channels else channels
+
+
 def render_all(batch: list[Incoming], context: Context) -> Outputs:
     assert context.templates is not None and context.preferences is not None
     out = context.outputs()
@@ -158,7 +165,7 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
             out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
             continue
         try:
-            notification["rendered"] = render(found, notification["channels"], notification["variables"], limits)
+            notification["rendered"] = render(found, rendered_channels(notification), notification["variables"], limits)
         except RenderLimit as exc:
             out.reject(notification, "template_limit", str(exc))
             continue

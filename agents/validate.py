@@ -61,7 +61,12 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
     channels = [c for c in asked if c in offered] if asked else [c for c in offered if c in CHANNELS]
     if not channels:
         return Problem("no_channel", f"template has parts for {offered}, the request asked for {asked}")
-    return address_problem(notification, channels, preferences) or channels
+    fallback = notification["fallback_channel"]
+    if fallback is not None and (fallback not in CHANNELS or fallback not in offered):
+        return Problem("invalid_fallback", f"fallback_channel {fallback}: the template has parts for {offered}, "
+                                           f"Herald has {', '.join(CHANNELS)}")
+    checked = channels + [fallback] if fallback is not None and fallback not in channels else channels
+    return address_problem(notification, checked, preferences) or channels
 
 
 def address_problem(notification: dict[str, Any], channels: list[str], preferences: dict[str, Any] | None) -> Problem | None:

@@ -94,8 +94,8 @@ def no_nul(value: str) -> str:
 
 
 def not_honoured_yet(value: Any) -> Any:
-    """send_at and fallback_channel are in the contract but Herald does not act on them yet: refused,
-    rather than taken and silently ignored (a scheduled message would go out now)."""
+    """send_at is in the contract but Herald does not schedule yet: refused, rather than taken and
+    silently ignored (a scheduled message would go out now)."""
     if value is not None:
         raise PydanticCustomError("not_supported", "is not supported yet; leave it out (Herald would ignore it)")
     return value
@@ -160,7 +160,6 @@ COMMON_LIMITS: dict[str, Any] = dict(
     category=plain(MAX_NAME_CHARS),
     metadata=Metadata,
     send_at=Annotated[datetime | None, AfterValidator(not_honoured_yet)],
-    fallback_channel=Annotated[Channel | None, AfterValidator(not_honoured_yet)],
 )
 GatewayRequest = limited(NotificationRequest, recipient=GatewayRecipient, **COMMON_LIMITS)
 

@@ -27,6 +27,7 @@ __all__ = [
     "ContactRemoved",
     "DeadLetter",
     "DeliveryTask",
+    "Fallback",
     "InboxEvent",
     "InboxEventKind",
     "LifecycleEvent",
@@ -165,6 +166,14 @@ class RenderedContent(AvroModel):
     """HTML body (email only), autoescaped."""
     data: dict[str, str] = Field(default_factory=dict)
     """Extra channel data, e.g. push payload or deep link."""
+
+
+class Fallback(AvroModel):
+    """Where to deliver instead when a delivery fails for good."""
+
+    channel: Channel
+    address: str
+    content: RenderedContent
 
 
 class BatchRecipient(AvroModel):
@@ -318,6 +327,8 @@ class DeliveryTask(AvroModel):
     """On a retry topic: not before this time."""
     expires_at: TimestampMillis | None = None
     """Latest time to deliver; after it the notification is expired, never sent late."""
+    fallback: Fallback | None = None
+    """Sent once on the fallback channel when this delivery fails for good."""
     requested_at: TimestampMillis | None = None
     received_at: TimestampMillis
     metadata: dict[str, str] = Field(default_factory=dict)

@@ -385,3 +385,22 @@ def test_with_the_primary_sms_provider_failing_every_call_the_secondary_delivers
     sent = clickhouse.execute("SELECT provider, count() FROM notification_events FINAL WHERE tenant = %(t)s "
                               "AND status = 'sent' GROUP BY provider", {"t": tenant})
     assert dict(sent) == {"twilio-secondary": n}
+
+
+def test_an_sms_that_fails_for_good_reaches_the_user_by_email_once(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    tenant, user = new_tenant(), f"fallback-{RUN}"
+    r = request(tenant, "fallback", TEMPLATE, user, f"{user}@example.com", {"name": "Fay"})
+    # Twilio's magic number for an invalid 'To' (21211): a dead number, a failure for good.
+    r["recipient"]["phone"], r["channels"], r["fallback_channel"] = "+15005550001", ["sms"], "email"
+    [nid] = produce(producer, [r])
+    mail = Mail(pipeline, [nid])
+    assert mail.wait_for_all(60) == {nid: 1}
+    time.sleep(2)
+    assert mail.submissions() == {nid: 1}
+    assert mail.message(nid, pipeline.email_domain)["Subject"] == "Hi Fay"
+    found = wait_for_statuses(clickhouse, tenant, [nid], {"failed", "routed", "sent"}, 60)[nid]
+    assert {"failed", "sent"} <= found
+    assert events_with(clickhouse, tenant, "failed")[nid][0] == "twilio_21211"
+    assert not receipts(pipeline, ("twilio",), {nid})

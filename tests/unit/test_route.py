@@ -127,7 +127,7 @@ def test_no_addresses_without_contacts(channel: str) -> None:
 
 def test_a_channel_herald_does_not_have_is_suppressed() -> None:
     notification = rendered("email", recipient=records.recipient(email="a@example.com"))
-    notification["rendered"][0]["channel"] = "fax"
+    notification["rendered"][0]["channel"] = notification["channels"][0] = "fax"
     assert route(notification, None) == ([], [Suppression("fax", "channel_unavailable", "Herald has no fax channel")])
 
 
@@ -154,3 +154,21 @@ def test_every_address_dead_is_suppressed_with_the_reason() -> None:
     notification = rendered("email", recipient=records.recipient(email="gone@example.com"))
     tasks, [suppression] = route(notification, None, {("email", "gone@example.com")})
     assert tasks == [] and suppression.reason_code == "dead_address" and "gone@example.com" in suppression.detail
+
+
+def test_the_fallback_part_rides_on_each_task_and_is_not_delivered_of_its_own() -> None:
+    notification = rendered("sms", "email", recipient=records.recipient(phone="+15550000001", email="a@example.com"))
+    notification["channels"], notification["fallback_channel"] = ["sms"], "email"
+    [task], suppressed = route(notification, None)
+    assert task["channel"] == "sms" and suppressed == []
+    assert task["fallback"] == {"channel": "email", "address": "a@example.com",
+                                "content": notification["rendered"][1]}
+    serde = default_serde()
+    assert serde.decode(serde.encode("DeliveryTask", task), "DeliveryTask") == task
+
+
+def test_no_fallback_without_a_live_address_for_it() -> None:
+    notification = rendered("sms", "email", recipient=records.recipient(phone="+15550000001", email="a@example.com"))
+    notification["channels"], notification["fallback_channel"] = ["sms"], "email"
+    [task], _ = route(notification, None, {("email", "a@example.com")})
+    assert task["fallback"] is None

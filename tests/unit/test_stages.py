@@ -25,7 +25,7 @@ from streams.runtime import StageRuntime
 from streams.settings import Settings
 from streams.stage import Incoming, Outputs, StageSpec
 from streams.tables import template_key
-from streams.topics import (ACCEPTED, CONTACTS_REMOVED, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
+from streams.topics import (ACCEPTED, CONTACTS_REMOVED, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
                             RETRY, VALIDATED, deliver_topic, DELIVER_BY_NAME)
 from tests.unit import records
 
@@ -197,6 +197,22 @@ async def test_deliver_expires_a_task_past_its_expires_at_and_sends_it_never(tmp
     events = {(e["notification_id"].int, e["status"]): e for e in out.of(EVENTS)}
     assert set(events) == {(1, "expired"), (2, "sent")}
     assert events[(1, "expired")]["error_code"] == "expired" and "after 2 attempts" in events[(1, "expired")]["detail"]
+
+
+async def test_a_delivery_that_fails_for_good_falls_back_once_and_one_that_is_sent_does_not(tmp_path: Path) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path)
+    stage.context.services = {"email": FakeAdapter()}
+    fallback = {"channel": "sms", "address": "+15550000001", "content": records.content("sms", html=None)}
+    gone = records.delivery_task(notification_id=uuid.UUID(int=1), address="gone@example.com", fallback=fallback)
+    fine = records.delivery_task(notification_id=uuid.UUID(int=2), fallback=fallback)
+    out = await stage.handle([incoming(gone, "DeliveryTask", deliver_topic("email"), 1),
+                              incoming(fine, "DeliveryTask", deliver_topic("email"), 2)])
+    [instead] = out.of(DELIVER_BY_NAME[deliver_topic("sms")])
+    assert (instead["notification_id"].int, instead["channel"], instead["address"]) == (1, "sms", "+15550000001")
+    assert instead["attempt"] == 0 and instead["fallback"] is None  # once: the fallback has none of its own
+    routed = [e for e in out.of(EVENTS) if e["status"] == "routed"]
+    assert [(e["channel"], e["error_code"]) for e in routed] == [("sms", "fallback")]
+    assert "smtp_550" in routed[0]["detail"]
 
 
 async def test_deliver_removes_a_dead_address(tmp_path: Path) -> None:

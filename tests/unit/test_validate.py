@@ -134,3 +134,12 @@ def test_variables_too_large_in_total() -> None:
     assert isinstance(problem, Problem)
     assert problem.reason_code == "too_large"
     assert "total" in problem.detail
+
+
+def test_a_fallback_channel_needs_a_part_in_the_template() -> None:
+    problem = check(accepted(channels=["email"], fallback_channel="push"), template(), None)  # email and sms parts
+    assert isinstance(problem, Problem) and problem.reason_code == "invalid_fallback" and "push" in problem.detail
+
+
+def test_a_fallback_channel_the_template_offers_is_fine_and_not_a_channel_of_its_own() -> None:
+    assert check(accepted(channels=["email"], fallback_channel="sms"), template(), None) == ["email"]
