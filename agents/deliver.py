@@ -18,6 +18,7 @@ import hashlib
 import logging
 import random
 from datetime import datetime, timedelta
+from collections.abc import Iterable
 from typing import Any
 
 from agents.channels import CHANNELS
@@ -25,11 +26,14 @@ from agents.channels.base import ChannelAdapter, Outcome, Result
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
 from streams.topics import (CONTACTS_REMOVED, DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY,
-                            RETRY_DELAYS_S, deliver_topic)
+                            RETRY_DELAYS_S, SCHEDULED, deliver_topic)
 
 log = logging.getLogger(__name__)
 RETRY_BY_DELAY = dict(zip(RETRY_DELAYS_S, RETRY))
-RETRY_BY_NAME = {spec.name: spec for spec in RETRY}
+# How early a waiting agent may send a task on to deliver, which then waits until it is due.
+FORWARD_EARLY_S = 0.5
+# Topics whose tasks wait for their due_at: failed attempts (retry tiers) and scheduled sends.
+WAITING_BY_NAME = {spec.name: spec for spec in (*RETRY, SCHEDULED)}
 
 
 def retry_delay_s(attempt: int) -> int:
@@ -53,7 +57,7 @@ def delivered_key(task: dict[str, Any]) -> str:
 
 async def deliver(batch: list[Incoming], context: Context) -> Outputs:
     """Send a batch of tasks (up to `deliver_concurrency` at once) or, from a retry topic, requeue them."""
-    if batch[0].topic in RETRY_BY_NAME:
+    if batch[0].topic in WAITING_BY_NAME:
         return await requeue_when_due(batch, context)
     out = context.outputs()
     delivered = context.state[DELIVERED.name]
@@ -67,7 +71,12 @@ async def deliver(batch: list[Incoming], context: Context) -> Outputs:
         if expired(record.value, now):
             expire(out, record.value, context.services[record.value["channel"]], now)
             continue
+        if context.cancellations is not None and record.value["notification_id"] in context.cancellations:
+            out.event(record.value, "suppressed", channel=record.value["channel"], error_code="cancelled",
+                      detail="cancelled by the caller before it was sent")
+            continue
         todo[key] = record
+    await wait_until_due(record.value for record in todo.values())
     window = asyncio.Semaphore(context.settings.deliver_concurrency)
 
     async def attempt(record: Incoming) -> Outcome:
@@ -178,11 +187,20 @@ async def requeue_when_due(batch: list[Incoming], context: Context) -> Outputs:
         await asyncio.sleep(held)
     for record, wait in zip(batch, waits):
         task = record.value
-        if wait > held:
-            out.send(RETRY_BY_NAME[record.topic], record.key, task)
+        # A task due within FORWARD_EARLY_S goes on now, and deliver waits out the rest: going round
+        # its waiting topic once more would make it later than that.
+        if wait > held + FORWARD_EARLY_S:
+            out.send(WAITING_BY_NAME[record.topic], record.key, task)
         else:
             out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], task["priority"] == "high")], record.key, task)
     return out
+
+
+async def wait_until_due(tasks: Iterable[dict[str, Any]]) -> None:
+    """Tasks the waiting agents sent on a moment early (at most FORWARD_EARLY_S): never sent before due."""
+    early = max((due_in(task) for task in tasks), default=0.0)
+    if early > 0:
+        await asyncio.sleep(min(early, FORWARD_EARLY_S))
 
 
 def due_in(task: dict[str, Any]) -> float:
@@ -197,12 +215,13 @@ def adapters(settings: Settings) -> dict[str, ChannelAdapter]:
 DELIVER_STAGE = StageSpec(
     name="deliver",
     doc=__doc__ or "",
-    inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in CHANNELS), *RETRY),
-    outputs=(*RETRY, *DELIVER, DLQ, EVENTS, DELIVERED, CONTACTS_REMOVED),
+    inputs=(*(spec for spec in DELIVER if spec.name.split(".")[2] in CHANNELS), *RETRY, SCHEDULED),
+    outputs=(*RETRY, SCHEDULED, *DELIVER, DLQ, EVENTS, DELIVERED, CONTACTS_REMOVED),
     handle=deliver,
     state=(StateSpec(DELIVERED, "delivered_ttl_s"),),
     services=adapters,
-    delayed_inputs=RETRY,
+    delayed_inputs=(*RETRY, SCHEDULED),
+    tables=("cancellations",),
     # A crash resends at most one chunk's deliveries (those the provider took before the state write).
     chunk_setting="deliver_concurrency",
 )

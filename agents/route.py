@@ -11,8 +11,8 @@ from collections.abc import Set as AbstractSet
 from typing import Any, NamedTuple
 
 from agents.channels import CHANNELS
-from streams.stage import Context, Incoming, Outputs, StageSpec
-from streams.topics import DELIVER, DELIVER_BY_NAME, EVENTS, RENDERED, deliver_topic
+from streams.stage import Context, Incoming, Outputs, StageSpec, now_utc
+from streams.topics import DELIVER, DELIVER_BY_NAME, EVENTS, RENDERED, SCHEDULED, deliver_topic
 
 
 class Suppression(NamedTuple):
@@ -99,17 +99,27 @@ def route_all(batch: list[Incoming], context: Context) -> Outputs:
             out.event(notification, "suppressed", channel=s.channel, error_code=s.reason_code, detail=s.detail)
         key = notification["recipient"]["user_id"].encode()
         high = notification["priority"] == "high"
+        later = scheduled(notification)
         for task in tasks:
-            out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], high)], key, task)
-            out.event(notification, "routed", channel=task["channel"])
+            if later:
+                out.send(SCHEDULED, key, dict(task, due_at=notification["send_at"]))
+                out.event(notification, "scheduled", channel=task["channel"], detail=f"until {notification['send_at']:%Y-%m-%dT%H:%M:%S.%fZ}")
+            else:
+                out.send(DELIVER_BY_NAME[deliver_topic(task["channel"], high)], key, task)
+                out.event(notification, "routed", channel=task["channel"])
     return out
+
+
+def scheduled(notification: dict[str, Any]) -> bool:
+    """Whether to hold the notification's deliveries until its send_at (deliver's waiting agents do)."""
+    return notification["send_at"] is not None and notification["send_at"] > now_utc()
 
 
 ROUTE = StageSpec(
     name="route",
     doc=__doc__ or "",
     inputs=(RENDERED,),
-    outputs=(*DELIVER, EVENTS),
+    outputs=(*DELIVER, SCHEDULED, EVENTS),
     handle=route_all,
     tables=("preferences",),
 )

@@ -6,15 +6,18 @@ agents/channels). It also settles the notification's channels: the ones
 asked for, or every channel the template has a part for.
 """
 
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 from agents.channels import CHANNELS
-from streams.stage import Context, Incoming, Outputs, StageSpec
+from streams.stage import Context, Incoming, Outputs, StageSpec, now_utc
 from streams.topics import ACCEPTED, EVENTS, REJECTED, VALIDATED
 
 MAX_VARIABLES = 200
 MAX_VARIABLE_BYTES = 16 * 1024
 MAX_TOTAL_BYTES = 128 * 1024
+# How far ahead send_at may be: a scheduled notification waits on herald.scheduled until then.
+MAX_SCHEDULE = timedelta(days=30)
 
 
 class Problem(NamedTuple):
@@ -52,6 +55,9 @@ def check(notification: dict[str, Any], template: dict[str, Any] | None,
     problem = size_problem(notification)
     if problem:
         return problem
+    if notification["send_at"] is not None and notification["send_at"] - now_utc() > MAX_SCHEDULE:
+        return Problem("invalid_send_at", f"send_at {notification['send_at']:%Y-%m-%dT%H:%M:%SZ} is more than "
+                                          f"{MAX_SCHEDULE.days} days ahead")
     offered = [part["channel"] for part in template["parts"]]
     asked = notification["channels"]
     unavailable = [name for name in asked if name not in CHANNELS]

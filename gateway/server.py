@@ -3,6 +3,7 @@
 POST /v1/notifications          one NotificationRequest
 POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
+DELETE /v1/notifications/{id}   cancel what of it is not sent yet (a scheduled notification)
 GET  /health                    unauthenticated
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
@@ -34,8 +35,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
 
-from agents.validate import MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
-from schemas.models import BatchRecipient, Channel, NotificationBatch, NotificationRequest, Recipient
+from agents.validate import MAX_SCHEDULE, MAX_TOTAL_BYTES, MAX_VARIABLE_BYTES, MAX_VARIABLES
+from schemas.models import (BatchRecipient, Channel, NotificationBatch, NotificationCancelled, NotificationRequest,
+                            Recipient, TimestampMillis)
 from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
@@ -43,7 +45,7 @@ from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.settings import Settings, get_settings
-from streams.topics import EVENTS, REQUESTS
+from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
 from gateway.callbacks import callback_routes
 from gateway.tracking import tracking_routes
 
@@ -93,11 +95,10 @@ def no_nul(value: str) -> str:
     return value
 
 
-def not_honoured_yet(value: Any) -> Any:
-    """send_at is in the contract but Herald does not schedule yet: refused, rather than taken and
-    silently ignored (a scheduled message would go out now)."""
-    if value is not None:
-        raise PydanticCustomError("not_supported", "is not supported yet; leave it out (Herald would ignore it)")
+def within_schedule(value: datetime | None) -> datetime | None:
+    """send_at at most MAX_SCHEDULE ahead (agents/validate.py holds Kafka producers to the same)."""
+    if value is not None and value - datetime.now(timezone.utc) > MAX_SCHEDULE:
+        raise PydanticCustomError("too_far", "is more than {days} days ahead", {"days": MAX_SCHEDULE.days})
     return value
 
 
@@ -159,7 +160,7 @@ COMMON_LIMITS: dict[str, Any] = dict(
     channels=Channels,
     category=plain(MAX_NAME_CHARS),
     metadata=Metadata,
-    send_at=Annotated[datetime | None, AfterValidator(not_honoured_yet)],
+    send_at=Annotated[TimestampMillis | None, AfterValidator(within_schedule)],
 )
 GatewayRequest = limited(NotificationRequest, recipient=GatewayRecipient, **COMMON_LIMITS)
 
@@ -325,6 +326,7 @@ class Gateway:
         app.router.add_post("/v1/notifications", self.post_notification)
         app.router.add_post("/v1/notifications/batch", self.post_batch)
         app.router.add_get("/v1/notifications/{id}", self.get_notification)
+        app.router.add_delete("/v1/notifications/{id}", self.cancel_notification)
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
@@ -433,6 +435,23 @@ class Gateway:
             {"notification_id": str(wanted), "status": events[-1]["status"], "timeline": events},
             dumps=lambda obj: json.dumps(obj, default=str),
         )
+
+    async def cancel_notification(self, request: web.Request) -> web.Response:
+        """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
+        it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it."""
+        try:
+            wanted = uuid.UUID(request.match_info["id"])
+        except ValueError:
+            return json_error(422, "invalid_id", "notification id must be a UUID")
+        record = NotificationCancelled(notification_id=wanted, tenant=request.query.get("tenant", "default"),
+                                       cancelled_at=datetime.now(timezone.utc))
+        try:
+            await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), wanted.bytes,
+                                  self.settings.gateway_produce_timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:
+            return json_error(503, "unavailable", f"Kafka did not take the cancellation: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+        return web.json_response({"notification_id": str(wanted), "cancelled": True}, status=202)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

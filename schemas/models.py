@@ -34,6 +34,7 @@ __all__ = [
     "LifecycleStatus",
     "MODELS",
     "Notification",
+    "NotificationCancelled",
     "NotificationBatch",
     "NotificationRequest",
     "OptOut",
@@ -477,6 +478,16 @@ class InboxEvent(AvroModel):
     occurred_at: TimestampMillis
 
 
+class NotificationCancelled(AvroModel):
+    """A caller cancelled a notification before it was delivered (herald.cancellations, compacted)."""
+
+    AVRO_NAME: ClassVar[str] = "NotificationCancelled"
+
+    notification_id: uuid.UUID
+    tenant: str = "default"
+    cancelled_at: TimestampMillis
+
+
 class BundledRecord(AvroModel):
     """One record of the bundle: its own key and its own framed Avro value."""
 
@@ -509,6 +520,7 @@ MODELS: dict[str, type[AvroModel]] = {
         TemplateUpserted,
         PreferencesUpdated,
         ContactRemoved,
+        NotificationCancelled,
         RecordBundle,
         InboxEvent,
     )

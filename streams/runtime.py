@@ -40,7 +40,7 @@ from streams.codec import bundle, chunks, unbundle
 from streams.health import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT, HealthServer
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
-from streams.tables import FoldedTable, PreferenceTable, StateTable, TemplateTable
+from streams.tables import CancellationTable, FoldedTable, PreferenceTable, StateTable, TemplateTable
 from streams.topics import TopicSpec
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class StageRuntime:
             self.context.templates = self.table(TemplateTable(settings, self.serde))
         if "preferences" in spec.tables:
             self.context.preferences = self.table(PreferenceTable(settings, self.serde))
+        if "cancellations" in spec.tables:
+            self.context.cancellations = self.table(CancellationTable(settings, self.serde))
         for state in spec.state:
             table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
             self.context.state[state.topic.name] = self.table(table)

@@ -169,7 +169,9 @@ class Settings(BaseSettings):
     # to fill a batch, and records handed to a handler at once (deliver: `deliver_concurrency`).
     stage_batch_max: int = 500
     stage_batch_within_s: float = 0.02
-    stage_delayed_within_s: float = 1.0
+    # Waiting topics (retries, scheduled sends): a task not due yet goes back to its topic and is
+    # read again this soon, so a scheduled notification goes out within about this of its time.
+    stage_delayed_within_s: float = 0.2
     stage_handler_records: int = 2000
     # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
     bundle_max_records: int = 500

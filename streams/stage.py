@@ -23,7 +23,7 @@ from streams.topics import DLQ, EVENTS, REJECTED, TopicSpec
 if TYPE_CHECKING:
     from mode import ServiceT
 
-    from streams.tables import PreferenceTable, StateTable, TemplateTable
+    from streams.tables import CancellationTable, PreferenceTable, StateTable, TemplateTable
 
 
 def now_utc() -> datetime:
@@ -212,6 +212,7 @@ class Context:
     serde: AvroSerde
     templates: TemplateTable | None = None
     preferences: PreferenceTable | None = None
+    cancellations: CancellationTable | None = None
     state: dict[str, StateTable] = field(default_factory=dict)
     # Services by name, started with the worker: deliver's provider adapters (by channel), track's sink.
     services: dict[str, Any] = field(default_factory=dict)

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from datetime import datetime
+from uuid import UUID
 from abc import abstractmethod
 from collections.abc import Callable
 from typing import Any
@@ -27,7 +28,7 @@ from mode import Service
 from schemas.serde import AvroSerde, SchemaDecodeError
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.topics import CONTACTS_REMOVED, PREFERENCES, TEMPLATES, TopicSpec
+from streams.topics import CANCELLATIONS, CONTACTS_REMOVED, PREFERENCES, TEMPLATES, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,32 @@ class PreferenceTable(FoldedTable):
 
     def __len__(self) -> int:
         return len(self.preferences)
+
+
+class CancellationTable(FoldedTable):
+    """The notifications callers cancelled (herald.cancellations): deliver sends none of theirs. A
+    cancellation is a few dozen bytes and callers cancel few notifications; the log is compacted."""
+
+    spec = CANCELLATIONS
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, serde, **kwargs)
+        self.cancelled: set[UUID] = set()
+
+    def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
+        if record is not None:
+            self.cancelled.add(record["notification_id"])
+        else:
+            try:
+                self.cancelled.discard(UUID(bytes=key))
+            except ValueError:
+                log.warning("%s: a tombstone with a key that is no notification id: %r", self.spec.name, key)
+
+    def __contains__(self, notification_id: object) -> bool:
+        return notification_id in self.cancelled
+
+    def __len__(self) -> int:
+        return len(self.cancelled)
 
 
 class StateTable(FoldedTable):

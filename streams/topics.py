@@ -49,6 +49,11 @@ VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces;
                    key_ordered=False)
 RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
                    key_ordered=False)
+SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
+                      "route produces deliveries with a send_at ahead (due_at); deliver sends them on when due",
+                      bundled=True)
+CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
+                          "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
 EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
@@ -88,7 +93,7 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
     CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
 )
 

@@ -202,15 +202,23 @@ def send(
     channel: Annotated[list[str], typer.Option(help="Channel(s); default: the template's.")] = [],
     idempotency_key: Optional[str] = None,
     priority: str = "normal",
+    at: Annotated[Optional[datetime], typer.Option(help="Send at this time (UTC unless it says), up to 30 days ahead.")] = None,
+    expires_in: Annotated[Optional[float], typer.Option(help="Seconds after which it must not be sent any more.")] = None,
 ) -> None:
     """Send one notification through the gateway and print its id."""
+    from datetime import timedelta
+
     import httpx
 
     settings = get_settings()
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    expires = datetime.now(timezone.utc) + timedelta(seconds=expires_in) if expires_in is not None else None
     body = {
         "template_id": template, "recipient": {"user_id": user_id, "email": email},
         "variables": dict(v.split("=", 1) for v in var), "channels": channel,
         "idempotency_key": idempotency_key, "priority": priority,
+        "send_at": at.isoformat() if at else None, "expires_at": expires.isoformat() if expires else None,
     }
     response = httpx.post(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications",
                           json=body, headers={"X-API-Key": settings.api_key}, timeout=10)
@@ -311,6 +319,30 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     print(f"inbox       curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
     print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
     print(f"timeline    herald status {ids[0]}")
+
+
+@app.command()
+def cancel(
+    notification_id: Annotated[Optional[str], typer.Argument(help="The notification's id.")] = None,
+    idempotency_key: Annotated[Optional[str], typer.Option(help="Or the idempotency key it was sent with.")] = None,
+    tenant: str = "default",
+) -> None:
+    """Cancel a notification that is not sent yet (a scheduled one), by id or idempotency key."""
+    import httpx
+
+    from streams.ids import notification_id as id_of
+
+    if (notification_id is None) == (idempotency_key is None):
+        console.print("[red]give the notification id or --idempotency-key, one of them[/]")
+        raise typer.Exit(2)
+    wanted = notification_id or str(id_of(tenant, idempotency_key, ""))
+    settings = get_settings()
+    response = httpx.delete(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{wanted}",
+                            params={"tenant": tenant}, headers={"X-API-Key": settings.api_key}, timeout=10)
+    if response.status_code != 202:
+        console.print(f"[red]{response.status_code}[/] {response.text}")
+        raise typer.Exit(1)
+    console.print(f"[green]✓[/] {wanted} cancelled: nothing of it not sent yet will be")
 
 
 replay_app = typer.Typer(help="Rebuild from the log.", no_args_is_help=True)

@@ -217,7 +217,6 @@ async def test_the_gateway_refuses_exactly_the_members_ingest_rejects(keys: tupl
     out = await ingest_runtime(tmp_path).handle([request])
     rejected = {default_serde().decode(r["original"], "Notification")["recipient"]["user_id"]
                 for r in out.of(REJECTED)}
-    # Without send_at, which the gateway does not take yet: what it would accept.
-    batch = batch_model(100).model_validate(request.value | {"send_at": None})
+    batch = batch_model(100).model_validate(request.value)
     refused = {f"user-{p['field'].split('.')[1]}" for p in duplicate_member_keys(batch)}
     assert refused == rejected

@@ -30,7 +30,7 @@ import yaml
 from sinks.event_sink import PROJECTIONS, EventSink
 from tooling.local import worker_groups
 from streams.settings import REPO_ROOT, Settings
-from streams.topics import CATALOG, RETRY, topic_config
+from streams.topics import CATALOG, topic_config
 from agents.registry import STAGES
 
 K8S = REPO_ROOT / "deploy" / "k8s"
@@ -327,8 +327,8 @@ def quantity(value: str | int | float) -> float:
 def stage_inputs(stage: str) -> tuple[str, frozenset[str]]:
     """The consumer group and the topics whose lag should scale a stage, read off the registry."""
     spec = STAGES[stage]
-    # Retry topics hold tasks waiting until due: their lag is by design, not work to scale for.
-    return spec.group_id(Settings()), frozenset(t.name for t in spec.inputs) - {t.name for t in RETRY}
+    # Retry and scheduled topics hold tasks waiting until due: their lag is by design, not work to scale for.
+    return spec.group_id(Settings()), frozenset(t.name for t in spec.inputs) - {t.name for t in spec.delayed_inputs}
 
 
 @pytest.fixture(params=list(VARIANTS))
