@@ -14,12 +14,11 @@ import pytest
 from aiokafka import TopicPartition as AioTopicPartition
 from clickhouse_driver import Client
 from kafka import KafkaConsumer, KafkaProducer
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas.serde import AvroSerde
-from agents.track import TRACK
 from sinks import event_sink
-from sinks.event_sink import DEAD_LETTER_COLUMNS, EventSink
+from sinks.event_sink import DEAD_LETTER_COLUMNS, PROJECTIONS, EventSink
 from streams.codec import bundle
 from streams.dead_letters import dead_letter
 from streams.settings import REPO_ROOT, Settings
@@ -54,9 +53,24 @@ def count(clickhouse: Client, tenant: str) -> int:
     )[0][0]
 
 
+def group_at_the_end(kafka: str) -> str:
+    """A consumer group of its own, its offsets committed at the end of the sink's topics: the sink
+    under test then reads what the test produces, all of it, whatever else (a running pipeline's
+    track worker) reads the same topics in the usual group."""
+    group = f"herald-test-sink-{uuid.uuid4().hex[:8]}"
+    consumer = KafkaConsumer(bootstrap_servers=kafka, group_id=group, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for topic in PROJECTIONS for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.commit({tp: OffsetAndMetadata(end, "", -1) for tp, end in consumer.end_offsets(partitions).items()})
+    finally:
+        consumer.close()
+    return group
+
+
 @pytest.fixture
 async def sink(settings: Settings, kafka: str, clickhouse: Client) -> AsyncIterator[EventSink]:
-    service = EventSink(settings, TRACK.group_id(settings))
+    service = EventSink(settings, group_at_the_end(kafka))
     await service.start()
     yield service
     await service.stop()
