@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from email.header import decode_header, make_header
 from email.parser import BytesParser
@@ -50,14 +51,18 @@ class Receipt:
     duplicate: bool
 
 
-def read_receipts(directory: Path) -> Iterator[Receipt]:
-    path = directory / RECEIPTS
+def read_lines(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON lines of a receipts file so far (the local peers' too: tooling/peers/server.py)."""
     if not path.exists():
         return
     with path.open() as lines:
         for line in lines:
             if line.endswith("\n"):  # a line still being written is read next time
-                yield Receipt(**json.loads(line))
+                yield json.loads(line)
+
+
+def read_receipts(directory: Path) -> Iterator[Receipt]:
+    return (Receipt(**receipt) for receipt in read_lines(directory / RECEIPTS))
 
 
 @dataclass(frozen=True)

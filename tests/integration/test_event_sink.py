@@ -101,8 +101,12 @@ async def test_sink_rides_out_a_clickhouse_outage(
     sink: EventSink, producer: KafkaProducer, serde: AvroSerde, clickhouse: Client, tenant: str
 ) -> None:
     first, second = lifecycle_events(N // 2, tenant), lifecycle_events(N // 2, tenant)
+    before = sink.rows_written
     produce(producer, serde, first)
     assert await eventually(lambda: count(clickhouse, tenant), N // 2, timeout=60) == N // 2
+    # This sink's own writes, not only the count: a running pipeline's track worker (the usual
+    # group) may have stored them first, and this sink's insert must not land during the outage.
+    assert await eventually(lambda: sink.rows_written - before >= N // 2, True, timeout=60)
 
     clickhouse_sh = str(REPO_ROOT / "deploy/local/clickhouse.sh")
     subprocess.run([clickhouse_sh, "stop"], check=True)

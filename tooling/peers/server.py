@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from streams.settings import Settings
+from tooling.mailbox import read_lines
 
 RECEIPTS = "received.jsonl"
 
@@ -107,13 +108,7 @@ def hex_id(value: Any) -> str | None:
 
 def read_receipts(directory: Path) -> Iterator[dict[str, Any]]:
     """Every receipt of one provider's peer, repeats included (`"duplicate": true`)."""
-    path = directory / RECEIPTS
-    if not path.exists():
-        return
-    with path.open() as lines:
-        for line in lines:
-            if line.endswith("\n"):  # a line still being written is read next time
-                yield json.loads(line)
+    return read_lines(directory / RECEIPTS)
 
 
 def peer_dir(settings: Settings, provider: str) -> Path:
