@@ -27,7 +27,9 @@ __all__ = [
     "ContactRemoved",
     "DeadLetter",
     "DeliveryTask",
+    "DigestSpec",
     "Fallback",
+    "FrequencyCap",
     "InboxEvent",
     "InboxEventKind",
     "LifecycleEvent",
@@ -38,6 +40,7 @@ __all__ = [
     "NotificationBatch",
     "NotificationRequest",
     "OptOut",
+    "OverCap",
     "PreferencesUpdated",
     "Priority",
     "QuietHours",
@@ -124,6 +127,8 @@ class LifecycleStatus(StrEnum):
     clicked = "clicked"
     read = "read"
     expired = "expired"
+    deferred = "deferred"
+    digested = "digested"
 
 
 class InboxEventKind(StrEnum):
@@ -197,6 +202,38 @@ class TemplatePart(AvroModel):
     """Plain-text body template."""
     html: str | None = None
     """HTML body template (email), autoescaped."""
+
+
+class FrequencyCap(AvroModel):
+    """At most `limit` notifications of this template's category per user and channel in any `period_s` seconds."""
+
+    AVRO_NAME: ClassVar[str] = "FrequencyCap"
+
+    channel: str = "*"
+    """Channel the cap counts, or '*' for each channel."""
+    limit: AvroInt
+    period_s: AvroInt
+    """Period, in seconds (3600 for an hour, 86400 for a day)."""
+
+
+class OverCap(StrEnum):
+    """What happens to a notification over a frequency cap."""
+
+    suppress = "suppress"
+    defer = "defer"
+
+
+class DigestSpec(AvroModel):
+    """Gather a user's notifications of this template into one, sent when the window closes."""
+
+    AVRO_NAME: ClassVar[str] = "DigestSpec"
+
+    key: str | None = None
+    """Variable whose value separates digests (e.g. a project id); null: one digest per user and template."""
+    window_s: AvroInt
+    """Seconds from the first notification gathered to the digest's sending."""
+    max_items: AvroInt = 100
+    """The digest is sent early once it holds this many."""
 
 
 class QuietHours(AvroModel):
@@ -290,6 +327,8 @@ class Notification(AvroModel):
     """The requested version until the template stage, then the one rendered."""
     recipient: Recipient
     variables: dict[str, str] = Field(default_factory=dict)
+    digest_items: list[dict[str, str]] = Field(default_factory=list)
+    """On a digest: the variables of each notification it gathered, oldest first; rendered as `items`."""
     channels: list[Channel] = Field(default_factory=list)
     category: str = "transactional"
     priority: Priority = Priority.normal
@@ -405,6 +444,8 @@ class TemplateUpserted(AvroModel):
     AVRO_NAME: ClassVar[str] = "TemplateUpserted"
 
     template_id: str
+    tenant: str = "default"
+    """Tenant that owns the template; another tenant's notifications never render it."""
     version: AvroInt
     """Version number; notifications render the latest unless they name one."""
     locale: str = "en"
@@ -413,6 +454,12 @@ class TemplateUpserted(AvroModel):
     variables: list[str] = Field(default_factory=list)
     """Variables the template declares; validate requires each."""
     category: str = "transactional"
+    critical: bool = False
+    """Critical notifications (security alerts, OTPs) are never held by the recipient's quiet hours."""
+    frequency_caps: list[FrequencyCap] = Field(default_factory=list)
+    """Frequency caps; every one must allow a notification for it to go."""
+    over_cap: OverCap = OverCap.suppress
+    digest: DigestSpec | None = None
     deleted: bool = False
     """True tombstones this version."""
     updated_at: TimestampMillis
