@@ -22,9 +22,10 @@ from typing import Any
 
 from jinja2 import Template, nodes
 
+from agents.digest import user_key
 from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
 from streams.stage import Context, Incoming, Outputs, StageSpec
-from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
+from streams.topics import DIGEST, EVENTS, REJECTED, RENDERED, VALIDATED
 
 FIELDS = ("subject", "text", "html")
 
@@ -53,7 +54,7 @@ def compiled(source: str, html: bool) -> Template:
     return template
 
 
-def render_part(source: str | None, variables: dict[str, str], html: bool = False,
+def render_part(source: str | None, variables: dict[str, Any], html: bool = False,
                 limits: Limits = DEFAULT_LIMITS) -> str | None:
     """One part alone, within `limits`."""
     if source is None:
@@ -74,7 +75,7 @@ def failure(where: str, exc: BaseException) -> RenderError:
     return RenderError(f"{where}: {type(exc).__name__}: {exc}")
 
 
-def render(template: dict[str, Any], channels: list[str], variables: dict[str, str],
+def render(template: dict[str, Any], channels: list[str], variables: dict[str, Any],
            limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
     """RenderedContent for each channel; raises RenderError (RenderLimit for a bound) naming the
     channel, the part and the cause. The time limit covers all the channels' parts; compiling a
@@ -153,6 +154,12 @@ def rendered_channels(notification: dict[str, Any]) -> list[str]:
     return [*channels, fallback] if fallback is not None and fallback not in channels else channels
 
 
+def variables_of(notification: dict[str, Any]) -> dict[str, Any]:
+    """What a notification's template sees: its variables and, on a digest, `items` and `count`."""
+    items = notification["digest_items"]
+    return {**notification["variables"], "items": items, "count": len(items)} if items else notification["variables"]
+
+
 def render_all(batch: list[Incoming], context: Context) -> Outputs:
     assert context.templates is not None and context.preferences is not None
     out = context.outputs()
@@ -164,8 +171,11 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
         if found is None:  # deleted between validate and now
             out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
             continue
+        if found["digest"] is not None and not notification["digest_items"]:
+            out.send(DIGEST, user_key(notification).encode(), notification)
+            continue
         try:
-            notification["rendered"] = render(found, rendered_channels(notification), notification["variables"], limits)
+            notification["rendered"] = render(found, rendered_channels(notification), variables_of(notification), limits)
         except RenderLimit as exc:
             out.reject(notification, "template_limit", str(exc))
             continue
@@ -182,7 +192,7 @@ TEMPLATE = StageSpec(
     name="template",
     doc=__doc__ or "",
     inputs=(VALIDATED,),
-    outputs=(RENDERED, REJECTED, EVENTS),
+    outputs=(RENDERED, DIGEST, REJECTED, EVENTS),
     handle=render_all,
     tables=("templates", "preferences"),
 )

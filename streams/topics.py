@@ -49,9 +49,17 @@ VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces;
                    key_ordered=False)
 RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
                    key_ordered=False)
+# A user's notifications of a template that declares a digest, gathered by the digest stage until
+# the window closes: keyed '<tenant>/<user_id>' and key-ordered, so all of a user's reach one
+# partition (and the worker that holds that user's open windows).
+DIGEST = TopicSpec("herald.digest", ("Notification",),
+                   "template produces notifications of a digest template; digest gathers them", bundled=True)
 SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       "route produces deliveries with a send_at ahead (due_at); deliver sends them on when due",
                       bundled=True)
+DIGEST_USERS = TopicSpec("herald.state.digest.users", (),
+                         "digest writes and reads back: each user's open digest windows (JSON, per-user state)",
+                         compacted=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
@@ -93,8 +101,8 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, DIGEST, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, DIGEST_USERS,
 )
 
 
