@@ -47,8 +47,8 @@ ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; val
                    key_ordered=False)
 VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
                    key_ordered=False)
-RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
-                   key_ordered=False)
+# Keyed by user (`<tenant>/<user_id>`): route keeps per-user state (frequency caps) by partition.
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
 # A user's notifications of a template that declares a digest, gathered by the digest stage until
 # the window closes: keyed '<tenant>/<user_id>' and key-ordered, so all of a user's reach one
 # partition (and the worker that holds that user's open windows).
