@@ -25,18 +25,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from streams.stage import Context, Incoming, Outputs, StageSpec, now_utc
+from streams.stage import Context, Incoming, Outputs, StageSpec, now_utc, user_key
 from streams.topics import DIGEST, DIGEST_USERS, EVENTS, VALIDATED
 
 DIGEST_NS = uuid.UUID("2d9a4c71-3b8e-4f06-a5d2-9c1e7b3f6a48")
 # What a digest takes from the first notification of its window; the rest is the digest's own.
 KEPT = ("tenant", "recipient", "template_id", "template_version", "channels", "category", "priority",
         "fallback_channel", "metadata", "variables")
-
-
-def user_key(notification: dict[str, Any]) -> str:
-    """The key of a user's records and state: '<tenant>/<user_id>'."""
-    return f"{notification['tenant']}/{notification['recipient']['user_id']}"
 
 
 def window_key(notification: dict[str, Any], spec: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 manifests' check and the docs read. A stage module only declares; importing it starts nothing."""
 
 from agents.deliver import DELIVER_STAGE
+from agents.digest import DIGEST_STAGE
 from agents.ingest import INGEST
 from agents.route import ROUTE
 from agents.template import TEMPLATE
@@ -9,4 +10,5 @@ from agents.track import TRACK
 from agents.validate import VALIDATE
 from streams.stage import StageSpec
 
-STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (INGEST, VALIDATE, TEMPLATE, ROUTE, DELIVER_STAGE, TRACK)}
+STAGES: dict[str, StageSpec] = {spec.name: spec for spec in (INGEST, VALIDATE, TEMPLATE, DIGEST_STAGE, ROUTE, DELIVER_STAGE,
+                                                                 TRACK)}

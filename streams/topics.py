@@ -45,7 +45,7 @@ REQUESTS = TopicSpec("herald.requests", ("NotificationRequest", "NotificationBat
                      "business services and the gateway produce; ingest consumes")
 ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes", bundled=True,
                    key_ordered=False)
-VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
+VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate and digest produce; template consumes", bundled=True,
                    key_ordered=False)
 # Keyed by user (`<tenant>/<user_id>`): route keeps per-user state (frequency caps) by partition.
 RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
