@@ -26,7 +26,8 @@ setup: infra
 	$(BIN)/herald migrate
 
 # Everything up, demo templates and preferences (contacts on every channel, a web push subscription
-# from the local push service), a demo batch through the gateway, then where it landed and the report.
+# from the local push service), the demo batches through the gateway (the second one is gathered into
+# digests, a window of 5 s), then where it landed and the report.
 run: venv
 	$(BIN)/herald up
 	$(BIN)/herald templates put deploy/local/demo/templates.json
@@ -36,7 +37,7 @@ run: venv
 	  --push-token "$$($(BIN)/herald web-push-subscription bob)"
 	$(BIN)/herald prefs set carol --email carol@example.com
 	$(BIN)/herald prefs set dave --email dave@example.com --phone +447911123456 --opt-out '*:email'
-	$(BIN)/herald demo deploy/local/demo/batch.json
+	$(BIN)/herald demo deploy/local/demo/batch.json deploy/local/demo/digest.json
 
 # N notifications (default 20000); RATE=R requests per second (default: as fast as possible).
 bench: venv

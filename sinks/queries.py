@@ -54,10 +54,18 @@ WHERE notification_id IN %(ids)s
 GROUP BY notification_id, channel
 """
 
+# The digests that notifications were gathered into: their `digested` events name them ("digest <id>").
+DIGESTS = """
+SELECT DISTINCT replaceOne(detail, 'digest ', '')
+FROM notification_events FINAL
+WHERE notification_id IN %(ids)s AND status = 'digested'
+"""
+
 # Where a notification's story ends on a channel: sent (or what a provider reports later), given up
-# on, or never attempted. `rejected` and `dead_lettered` also end it before any channel.
+# on, or never attempted. `rejected`, `dead_lettered` and `digested` (its digest goes on, with a
+# story of its own) also end it before any channel.
 FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered", "expired",
-                            "opened", "clicked", "read"})
+                            "opened", "clicked", "read", "digested"})
 
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
@@ -86,6 +94,11 @@ def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]
     for nid, channel, reached in client.execute(STATUSES, {"ids": tuple(ids)}):
         found.setdefault(nid, {})[channel] = set(reached)
     return found
+
+
+def digests(client: Client, ids: Sequence[str]) -> list[str]:
+    """The ids of the digests that notifications of `ids` were gathered into."""
+    return [digest for (digest,) in client.execute(DIGESTS, {"ids": tuple(ids)})]
 
 
 def settled(by_channel: dict[str, set[str]]) -> bool:
