@@ -429,7 +429,8 @@ def demo(
     if gathered:
         with console.status(f"waiting (up to {wait:.0f} s) for {len(gathered)} digest(s) to close and go out…"):
             pending += wait_settled(gathered, wait)
-        console.print(f"[green]✓[/] notifications gathered into {len(gathered)} digest(s), e.g. herald status {gathered[0]}")
+        console.print(f"[green]✓[/] notifications gathered into {len(gathered)} digest(s)")
+        print(f"digest      herald status {gathered[0]}")  # plain: a command to copy, never wrapped
         ids += gathered
     if pending:
         console.print(f"[yellow]![/] {len(pending)} of {len(ids)} notifications not at a final status yet "
