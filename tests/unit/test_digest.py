@@ -2,15 +2,17 @@
 and renders a digest's items; the digest stage (agents/digest.py) gathers them per user and window,
 once each, and sends one digest with a derived id when the window is full or its time is up."""
 
+import asyncio
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 from agents.digest import DIGEST_STAGE, close_due
-from agents.template import TEMPLATE
+from agents.template import TEMPLATE, template_problems
 from streams.codec import default_serde
 from streams.runtime import StageRuntime
 from streams.settings import Settings
@@ -207,3 +209,38 @@ async def test_remembered_ids_are_forgotten_after_their_time_and_the_state_delet
     later(runtime, 70, clock)
     out = tick(runtime)
     assert out.of(VALIDATED) == [] and users.get("acme/alice") is None
+
+
+def test_herald_templates_put_refuses_a_digest_that_could_not_work() -> None:
+    assert template_problems(comments()) == []
+    problems = template_problems(comments(window_s=0, max_items=0, key="projet"))
+    assert [p.split("digest: ")[1] for p in problems] == [
+        "window_s is 0; at least 1", "max_items is 0; at least 1",
+        "key 'projet' is not one of the template's variables (project, author, comment)"]
+
+
+async def test_a_tick_reads_every_held_partitions_state_first_and_waits_for_a_batch_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a restart no new record may come for a user whose window is open: the tick itself reads
+    that partition's state. And it never runs while a batch's writes are in flight."""
+    runtime = stage(DIGEST_STAGE, tmp_path, comments())
+    assert runtime.context.templates is not None
+    runtime.context.templates.ready.set()
+    loaded: list[set[int]] = []
+    emitted: list[Outputs] = []
+
+    async def load(partitions: set[int]) -> None:
+        loaded.append(set(partitions))
+
+    async def emit(out: Outputs, block_id: str) -> None:
+        emitted.append(out)
+
+    monkeypatch.setattr(runtime.context.user_state[DIGEST_USERS.name], "load", load)
+    monkeypatch.setattr(runtime, "emit", emit)
+    monkeypatch.setattr(runtime, "assignment", lambda: {TP(DIGEST.name, 1), TP(DIGEST.name, 3), TP(VALIDATED.name, 2)})
+    async with runtime.tick_lock:  # a batch being handled
+        tick = asyncio.create_task(runtime.run_tick())
+        await asyncio.sleep(0.05)
+        assert not loaded and not emitted
+    await tick
+    assert loaded == [{1, 3}] and len(emitted) == 1
