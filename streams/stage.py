@@ -272,6 +272,11 @@ Handler = Callable[[list[Incoming], Context], "Outputs | Awaitable[Outputs]"]
 Tick = Callable[[Context], "Outputs | Awaitable[Outputs]"]
 
 
+def stage_app_id(settings: Settings, stage: str) -> str:
+    """A stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
+    return f"{settings.app_id}-{stage}"
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """A stage's own state: a compacted topic it writes and folds, entries kept for `ttl_setting`."""
@@ -309,8 +314,7 @@ class StageSpec:
     group: str | None = None
 
     def app_id(self, settings: Settings) -> str:
-        """The stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
-        return f"{settings.app_id}-{self.name}"
+        return stage_app_id(settings, self.name)
 
     def group_id(self, settings: Settings) -> str:
         """The consumer group whose lag is the stage's backlog."""

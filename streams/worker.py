@@ -25,7 +25,7 @@ class StageWorker(Worker):
 
 
 def run_stage(name: str, loglevel: str) -> None:
-    from agents.registry import STAGES  # late: the registry imports every stage and its libraries
+    from agents.registry import STAGES
 
     settings = get_settings()
     runtime = StageRuntime(STAGES[name], settings)
