@@ -74,13 +74,13 @@ def digest_notification(window: dict[str, Any], now: datetime) -> dict[str, Any]
 
 
 class Windows:
-    """One user's state: open windows by window key, and the notification ids of the windows
-    closed lately (id → [digest id, forget after]), in the JSON shape the state table keeps."""
+    """One user's state: open windows by window key, and the digests sent lately (digest id →
+    {"until": forget after, "ids": its notification ids}), in the JSON shape the state table keeps."""
 
     def __init__(self, value: dict[str, Any] | None) -> None:
         value = copy.deepcopy(value or {})  # the table's own value changes only once the write is acked
         self.open: dict[str, dict[str, Any]] = dict(value.get("open", {}))
-        self.sent: dict[str, list[Any]] = dict(value.get("sent", {}))
+        self.sent: dict[str, dict[str, Any]] = dict(value.get("sent", {}))
 
     def value(self) -> dict[str, Any] | None:
         """What to write: None (a tombstone) once nothing is open or remembered."""
@@ -89,18 +89,21 @@ class Windows:
     def close(self, key: str, now: datetime, memory_s: float) -> dict[str, Any]:
         """Close a window; returns its digest."""
         window = self.open.pop(key)
-        forget_at = now.timestamp() + memory_s
-        self.sent.update((nid, [window["id"], forget_at]) for nid in window["items"])
+        self.sent[window["id"]] = {"until": now.timestamp() + memory_s, "ids": list(window["items"])}
         return digest_notification(window, now)
 
     def due(self, now: datetime) -> list[str]:
         return [key for key, window in self.open.items() if window["due_at"] <= now.timestamp()]
 
+    def sent_in(self, nid: str) -> str | None:
+        """The digest a notification was sent in lately, if it was."""
+        return next((digest_id for digest_id, sent in self.sent.items() if nid in sent["ids"]), None)
+
     def forget_sent(self, now: datetime) -> bool:
-        """Drop the remembered ids whose time is up; whether any were."""
-        stale = [nid for nid, (_, forget_at) in self.sent.items() if forget_at <= now.timestamp()]
-        for nid in stale:
-            del self.sent[nid]
+        """Drop the sent digests whose time is up; whether any were."""
+        stale = [digest_id for digest_id, sent in self.sent.items() if sent["until"] <= now.timestamp()]
+        for digest_id in stale:
+            del self.sent[digest_id]
         return bool(stale)
 
 
@@ -109,8 +112,9 @@ def gather(windows: Windows, notification: dict[str, Any], spec: dict[str, Any],
     """Put a notification in its window: the digest id it is gathered into, and the digests closed
     (its window when full; before that, the window it would make too big for one record)."""
     nid = str(notification["notification_id"])
-    if nid in windows.sent:  # read again after its window closed
-        return windows.sent[nid][0], []
+    sent_in = windows.sent_in(nid)
+    if sent_in is not None:  # read again after its window closed
+        return sent_in, []
     key = window_key(notification, spec)
     closed = []
     window = windows.open.get(key)

@@ -205,7 +205,8 @@ async def test_remembered_ids_are_forgotten_after_their_time_and_the_state_delet
     later(runtime, 10, clock)
     tick(runtime)
     users = runtime.context.user_state[DIGEST_USERS.name]
-    assert set(users.get("acme/alice")["sent"]) == {str(comment(1)["notification_id"])}
+    [sent] = users.get("acme/alice")["sent"].values()
+    assert sent["ids"] == [str(comment(1)["notification_id"])]
     later(runtime, 70, clock)
     out = tick(runtime)
     assert out.of(VALIDATED) == [] and users.get("acme/alice") is None
