@@ -99,12 +99,15 @@ class Windows:
         """The digest a notification was sent in lately, if it was."""
         return next((digest_id for digest_id, sent in self.sent.items() if nid in sent["ids"]), None)
 
-    def forget_sent(self, now: datetime) -> bool:
-        """Drop the sent digests whose time is up; whether any were."""
-        stale = [digest_id for digest_id, sent in self.sent.items() if sent["until"] <= now.timestamp()]
-        for digest_id in stale:
-            del self.sent[digest_id]
-        return bool(stale)
+    def forget_sent(self, now: datetime) -> None:
+        """Drop the sent digests whose time is up."""
+        self.sent = {digest_id: sent for digest_id, sent in self.sent.items() if sent["until"] > now.timestamp()}
+
+
+def next_due(value: dict[str, Any]) -> float:
+    """When a user's state next has something to do: a window to close or a sent digest to forget."""
+    return min([window["due_at"] for window in value.get("open", {}).values()]
+               + [sent["until"] for sent in value.get("sent", {}).values()], default=float("inf"))
 
 
 def gather(windows: Windows, notification: dict[str, Any], spec: dict[str, Any], user: str, now: datetime,
@@ -148,6 +151,8 @@ def gather_all(batch: list[Incoming], context: Context) -> Outputs:
     now = now_utc()
     for record in batch:
         notification = record.value
+        # The recipient's locale, not the preferred one: the stage folds no preferences (a
+        # template's locale variants normally declare the same digest).
         template = context.templates.for_notification(notification, None)
         spec = template["digest"] if template is not None else None
         if spec is None:  # no digest any more (or no template): the template stage renders it alone
@@ -163,16 +168,16 @@ def gather_all(batch: list[Incoming], context: Context) -> Outputs:
 
 
 def close_due(context: Context) -> Outputs:
-    """The tick: send the digest of every window whose time is up, and forget old closed ids."""
+    """The tick: send the digest of every window whose time is up, and forget old sent digests."""
     out = context.outputs()
     table = context.user_state[DIGEST_USERS.name]
     now = now_utc()
-    for user, value in list(table.items()):
+    for user, value in table.items():
+        if next_due(value) > now.timestamp():  # most users, most ticks: nothing to copy or write
+            continue
         windows = Windows(value)
         due = windows.due(now)
-        forgot = windows.forget_sent(now)
-        if not due and not forgot:
-            continue
+        windows.forget_sent(now)
         send_digests(out, [windows.close(key, now, context.settings.digest_sent_memory_s) for key in due])
         out.put_user_state(table, user, windows.value(), table.partition_of(user))
     return out
