@@ -116,3 +116,29 @@ def test_a_sigkill_of_every_worker_mid_window_neither_loses_nor_doubles_the_dige
     assert sent(clickhouse, tenant) == {digest}
     assert mail.stored(pipeline.email_domain) == 1
     assert set(digest_of(clickhouse, tenant, ids, timeout=0).values()) == {digest}
+
+
+def test_workers_killed_with_notifications_in_flight_put_each_in_one_digest_sent_once(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    """Killed as soon as the first is gathered: the rest reach the digest stage after the restarts,
+    inside the window or (restarts slower than the window) in a second digest. Either way each
+    notification is in one digest, and each digest goes out once."""
+    tenant = new_tenant()
+    ids = produce(producer, comments(tenant, "dave", 25))
+    deadline = time.monotonic() + 60
+    while not events_with(clickhouse, tenant, "digested") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in stage_pids(pipeline, tuple(STAGES)):
+        os.kill(pid, signal.SIGKILL)
+    gathered = digest_of(clickhouse, tenant, ids, timeout=180)
+    assert set(gathered) >= set(ids), f"{len(set(ids) - set(gathered))} of 25 never gathered after the kill"
+    digests = sorted(set(gathered.values()))
+    mail = Mail(pipeline, digests)
+    assert mail.wait_for_all(timeout=180) == {digest: 1 for digest in digests}
+    lines = [line for digest in digests
+             for line in mail.message(digest, pipeline.email_domain).get_body(("plain",)).get_content().strip().splitlines()]
+    assert sorted(lines) == sorted(f"author {i}: comment {i} for dave" for i in range(25)), "lost or listed twice"
+    time.sleep(WINDOW_S)
+    assert sent(clickhouse, tenant) == set(digests)
+    assert mail.stored(pipeline.email_domain) == len(digests)
