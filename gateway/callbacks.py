@@ -15,8 +15,11 @@ import uuid
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict
 
 from agents.channels.sms import STATUS_CALLBACK_PATH, delivery_report, verify_status_callback
+from gateway.errors import invalid, problem
+from gateway.openapi import Inputs, Operation, Reply, endpoint, error
 from gateway.tracking import Publish
 from streams.settings import Settings
 from streams.stage import now_utc
@@ -40,8 +43,32 @@ def report_event(notification_id: uuid.UUID, tenant: str, status: str, error_cod
     }
 
 
+class TwilioStatusQuery(BaseModel):
+    notification_id: str = ""
+    """The notification's id (a UUID), which the SMS adapter put in the callback URL; checked after the signature."""
+    tenant: str = "default"
+
+
+class TwilioStatusForm(BaseModel):
+    """The fields of Twilio's status callback Herald reads; Twilio sends more, and they are signed too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    MessageStatus: str | None = None
+    ErrorCode: str | None = None
+    MessageSid: str | None = None
+
+
+TWILIO_STATUS = Operation(
+    "Twilio's SMS status callback (signed with X-Twilio-Signature)",
+    {204: Reply("taken: a final status became a lifecycle event"),
+     403: error("X-Twilio-Signature does not verify"),
+     422: error("notification_id is not a UUID")},
+    query=TwilioStatusQuery, form=TwilioStatusForm, security=(), tags=("providers",))
+
+
 def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
-    async def twilio_status(request: web.Request) -> web.Response:
+    async def twilio_status(request: web.Request, inputs: Inputs) -> web.Response:
         params = {key: str(value) for key, value in (await request.post()).items()}
         url = settings.public_url.rstrip("/") + request.path_qs
         signature = request.headers.get("X-Twilio-Signature")
@@ -50,11 +77,11 @@ def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
         try:
             notification_id = uuid.UUID(request.query.get("notification_id", ""))
         except ValueError:
-            return web.json_response({"error": "invalid_id", "detail": "notification_id must be a UUID"}, status=422)
+            return invalid([problem("notification_id", "must be a UUID")])
         report = delivery_report(params)
         if report is not None:
             await publish(report_event(notification_id, request.query.get("tenant") or "default", report.status,
                                        report.error_code, params))
         return web.Response(status=204)
 
-    return [web.post(STATUS_CALLBACK_PATH, twilio_status)]
+    return [web.post(STATUS_CALLBACK_PATH, endpoint(TWILIO_STATUS, twilio_status))]

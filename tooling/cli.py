@@ -128,19 +128,18 @@ def templates_put(
 ) -> None:
     """Publish templates to herald.templates, once every part compiles and no HTML part prints text
     unescaped (unless --allow-unsafe-html); otherwise publish nothing."""
-    from agents.template import template_problems
-    from schemas.models import TemplateUpserted
+    from gateway.writes import Refused, build_template, template_entry
     from tooling.producer import publish
-    from streams.tables import template_key
 
     documents = json.loads(path.read_text())
     records = []
     problems = []
-    for document in documents if isinstance(documents, list) else [documents]:
-        document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
-        template = TemplateUpserted.model_validate(document)
-        problems += template_problems(template.model_dump(), allow_unsafe_html)
-        records.append((template_key(template.template_id, template.locale, template.version), template))
+    for index, document in enumerate(documents if isinstance(documents, list) else [documents]):
+        try:
+            records.append(template_entry(build_template(document, allow_unsafe_html)))
+        except Refused as exc:
+            problems += [f"template {index} ({document.get('template_id')!r}), {p['field']}: {p['message']}"
+                         for p in exc.problems]
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {escape(problem)}")
@@ -164,19 +163,23 @@ def prefs_set(
     tenant: str = "default",
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per user)."""
-    from schemas.models import PreferencesUpdated
+    from gateway.writes import Refused, build_preferences, preferences_entry
     from tooling.producer import publish
 
     opt_outs = []
     for item in opt_out:
         category, _, channel = item.partition(":")
         opt_outs.append({"category": category, "channel": channel})
-    preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
-        "chat_webhook": chat_webhook, "locale": locale,
-        "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
-    })
-    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    try:
+        preferences = build_preferences({
+            "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
+            "chat_webhook": chat_webhook, "locale": locale, "time_zone": time_zone, "opt_outs": opt_outs,
+        })
+    except Refused as exc:
+        for problem in exc.problems:
+            console.print(f"[red]✗[/] {escape(problem['field'])}: {escape(problem['message'])}")
+        raise typer.Exit(1)
+    publish(PREFERENCES, [preferences_entry(preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
 
