@@ -343,5 +343,7 @@ class Api:
             for row in rows]))
 
 
-def register(app: web.Application, gateway: "Gateway") -> None:
-    Api(gateway).attach(app)
+def register(app: web.Application, gateway: "Gateway") -> Api:
+    api = Api(gateway)
+    api.attach(app)
+    return api

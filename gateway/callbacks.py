@@ -63,13 +63,16 @@ TWILIO_STATUS = Operation(
     "Twilio's SMS status callback (signed with X-Twilio-Signature)",
     {204: Reply("taken: a final status became a lifecycle event"),
      403: error("X-Twilio-Signature does not verify"),
-     422: error("notification_id is not a UUID")},
+     422: error("notification_id is not a UUID, or the body is not a form")},
     query=TwilioStatusQuery, form=TwilioStatusForm, security=(), tags=("providers",))
 
 
 def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
     async def twilio_status(request: web.Request, inputs: Inputs) -> web.Response:
-        params = {key: str(value) for key, value in (await request.post()).items()}
+        try:
+            params = {key: str(value) for key, value in (await request.post()).items()}
+        except ValueError as exc:  # a multipart body without its boundary, and the like
+            return invalid([problem("(body)", f"not a form: {exc}")])
         url = settings.public_url.rstrip("/") + request.path_qs
         signature = request.headers.get("X-Twilio-Signature")
         if not any(verify_status_callback(url, params, signature, token) for token in twilio_tokens(settings)):

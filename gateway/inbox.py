@@ -357,6 +357,8 @@ class InboxApi:
     @web.middleware
     async def authorize(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Puts the (tenant, user) whose inbox this is in request[OWNER], or refuses the request."""
+        if request.match_info.http_exception is not None:  # no route (a method none takes): aiohttp's 404 or 405
+            return await handler(request)
         owner = self.owner(request)
         if isinstance(owner, web.Response):
             return owner

@@ -309,9 +309,6 @@ class Health(BaseModel):
     status: str
 
 
-OPENAPI = web.AppKey("openapi", str)  # the document, made on its first request (the routes are fixed by then)
-
-
 @web.middleware
 async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
     """aiohttp's own errors (no such route, a method a route does not take) in the gateway's error body."""
@@ -340,6 +337,7 @@ class Gateway:
         self.batch_model = batch_model(settings.gateway_max_batch_recipients)
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
         self.kafka = RenewingProducer(settings, linger_ms=2)
+        self.document: str | None = None  # /openapi.json
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json, self.require_api_key], client_max_size=MAX_BODY_BYTES)
@@ -379,7 +377,7 @@ class Gateway:
         from gateway.inbox import register as register_inbox
 
         register_inbox(app, self)
-        register_api(app, self)
+        self.api = register_api(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -493,10 +491,9 @@ class Gateway:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def openapi(self, request: web.Request, inputs: Inputs) -> web.Response:
-        app = request.app
-        if OPENAPI not in app:
-            app[OPENAPI] = json.dumps(document(app, "Herald gateway", version("herald")))
-        return web.Response(text=app[OPENAPI], content_type="application/json")
+        if self.document is None:  # made on its first request: the routes are fixed by then
+            self.document = json.dumps(document(request.app, "Herald gateway", version("herald")))
+        return web.Response(text=self.document, content_type="application/json")
 
 
 def serve(settings: Settings | None = None) -> None:
