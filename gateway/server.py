@@ -9,8 +9,11 @@ GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tra
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
 GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; the API key or the user's token)
-Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
-key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+/v1/templates…, /v1/preferences…, /v1/scheduled  what the CLI does, tenant-scoped (gateway/api.py)
+GET  /openapi.json              the OpenAPI 3.1 document of every route (gateway/openapi.py), unauthenticated
+Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`; gateway/auth.py),
+and each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+Each route is registered with an Operation (gateway/openapi.py) whose models check its inputs.
 
 What a request may hold is bounded here, before anything is produced (docs/architecture.md
 section 5 has the table): string lengths per field, variables, metadata, recipients per batch.
