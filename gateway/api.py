@@ -41,7 +41,7 @@ from gateway.server import (MAX_EMAIL_CHARS, MAX_KEY_CHARS, MAX_LOCALE_CHARS, MA
 from gateway.writes import Refused, build_preferences, build_template, preferences_entry, template_entry, with_opt_out
 from schemas.models import AvroInt, Channel, OptOut, PreferencesUpdated, RenderedContent, TemplateUpserted
 from sinks.queries import scheduled
-from streams.tables import CancellationTable, FoldedTable, PreferenceTable, TemplateTable
+from streams.tables import CancellationTable, PreferenceTable, TemplateTable
 from streams.topics import CANCELLATIONS, PREFERENCES, TEMPLATES
 
 if TYPE_CHECKING:

@@ -55,7 +55,7 @@ from gateway.callbacks import callback_routes
 from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
                             capped)
 from gateway.openapi import (MAX_BODY_BYTES, NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, document, endpoint,
-                             read_body, reply)
+                             reply)
 from gateway.tracking import tracking_routes
 from gateway.writes import unhonoured
 
