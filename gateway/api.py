@@ -21,13 +21,11 @@ what reads it answers 503. A preview renders with the template stage's own bound
 folded here too), so the list lags the pipeline by the sink's batch.
 """
 
-import asyncio
 from copy import copy
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
-from clickhouse_driver.errors import Error as ClickHouseError
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from agents.sandbox import Limits
@@ -327,14 +325,9 @@ class Api:
         if cancellations is None:
             return still_reading(CANCELLATIONS.name)
         cancelled = [str(notification_id) for notification_id in cancellations.cancelled]
-        gateway = self.gateway
-        try:
-            async with gateway.clickhouse_lock:
-                rows = await asyncio.to_thread(scheduled, gateway.clickhouse, tenant_of(request), inputs.query.limit,
-                                               cancelled)
-        except (ClickHouseError, OSError) as exc:
-            return json_error(503, "unavailable", f"ClickHouse did not answer: {type(exc).__name__}",
-                              headers={"Retry-After": "1"})
+        rows = await self.gateway.query(scheduled, tenant_of(request), inputs.query.limit, cancelled)
+        if isinstance(rows, web.Response):
+            return rows
         return reply(ScheduledList(deliveries=[
             ScheduledDelivery(notification_id=row["notification_id"], channel=row["channel"],
                               template_id=row["template_id"], category=row["category"],

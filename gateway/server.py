@@ -30,7 +30,7 @@ from collections.abc import Callable
 from copy import copy
 from datetime import datetime, timezone
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
@@ -45,6 +45,7 @@ from schemas.models import (BatchRecipient, Channel, NotificationBatch, Notifica
 from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
+from clickhouse_driver.errors import Error as ClickHouseError
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
@@ -82,6 +83,8 @@ MAX_PUSH_TOKEN_CHARS = 4096
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_CHANNELS = len(Channel)
+
+T = TypeVar("T")
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -435,6 +438,15 @@ class Gateway:
             return json_error(503, "unavailable", f"Kafka did not take the {what}: {type(exc).__name__}",
                               headers={"Retry-After": "1"})
 
+    async def query(self, query: Callable[..., T], *args: Any) -> T | web.Response:
+        """`query(client, *args)` on the gateway's ClickHouse connection; 503 while ClickHouse does not answer."""
+        try:
+            async with self.clickhouse_lock:
+                return await asyncio.to_thread(query, self.clickhouse, *args)
+        except (ClickHouseError, OSError) as exc:
+            return json_error(503, "unavailable", f"ClickHouse did not answer: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+
     async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID] | web.Response:
         """The ids ingest will stamp, once the broker has the request; else the error response."""
         if request.requested_at is None:
@@ -470,8 +482,9 @@ class Gateway:
 
     async def get_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
         wanted = inputs.path.id
-        async with self.clickhouse_lock:
-            events = await asyncio.to_thread(timeline, self.clickhouse, wanted)
+        events = await self.query(timeline, wanted)
+        if isinstance(events, web.Response):
+            return events
         if not events:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
         return reply(Status(notification_id=wanted, status=events[-1]["status"], timeline=events))

@@ -43,14 +43,14 @@ class Stack:
 
     def __init__(self) -> None:
         self.producer = StandInProducer()
-        self.gateway = Gateway(Settings(api_key="secret"))
+        self.gateway = Gateway(Settings(api_key="secret", clickhouse_port=1))  # nothing listens there
         self.app = self.gateway.web_app()
         self.app.on_startup.clear()
         self.app.on_cleanup.clear()
         self.gateway.kafka.producer = self.producer  # type: ignore[assignment]
         api = self.gateway.api
         settings = self.gateway.settings
-        from streams.tables import PreferenceTable, TemplateTable
+        from streams.tables import CancellationTable, PreferenceTable, TemplateTable
 
         api.templates.table = folded(
             TemplateTable(settings),
@@ -61,6 +61,7 @@ class Stack:
             PreferenceTable(settings),
             (b"alice", preferences_record(user_id="alice", email="alice@example.com")),
             (b"olga", preferences_record(user_id="olga", tenant="other")))
+        api.cancellations.table = folded(CancellationTable(settings))
 
     def sent(self, name: str) -> list[dict[str, Any]]:
         return [default_serde().decode(value, name) for value in self.producer.sent]
@@ -203,6 +204,14 @@ async def test_until_a_log_is_folded_its_endpoints_are_503(stack: tuple[Stack, T
     gateway.gateway.api.cancellations.table = None
     await call(client, "GET", "/v1/templates", status=503)
     await call(client, "GET", "/v1/scheduled", status=503)
+
+
+async def test_while_clickhouse_does_not_answer_its_endpoints_are_503(stack: tuple[Stack, TestClient]) -> None:
+    _, client = stack
+    for path in ("/v1/scheduled", "/v1/notifications/00000000-0000-0000-0000-000000000001"):
+        response = await client.get(path, headers=KEY)
+        assert response.status == 503 and response.headers["Retry-After"] == "1", path
+        assert (await response.json())["error"] == "unavailable"
 
 
 # --- auth and the document ---------------------------------------------------------------------------------
