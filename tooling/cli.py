@@ -328,7 +328,8 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
 def cancel(
     notification_id: Annotated[Optional[str], typer.Argument(help="The notification's id.")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Or the idempotency key it was sent with.")] = None,
-    tenant: str = "default",
+    tenant: Annotated[str, typer.Option(help="The tenant it was sent as (with --idempotency-key: its id depends on it); "
+                                             "the gateway takes the tenant from the API key.")] = "default",
 ) -> None:
     """Cancel a notification that is not sent yet (a scheduled one), by id or idempotency key."""
     import httpx
@@ -341,7 +342,7 @@ def cancel(
     wanted = notification_id or str(id_of(tenant, idempotency_key, ""))
     settings = get_settings()
     response = httpx.delete(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{wanted}",
-                            params={"tenant": tenant}, headers={"X-API-Key": settings.api_key}, timeout=10)
+                            headers={"X-API-Key": settings.api_key}, timeout=10)
     if response.status_code != 202:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
