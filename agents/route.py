@@ -33,7 +33,7 @@ def delivery_task(notification: dict[str, Any], content: dict[str, Any], to: str
     fields = ("notification_id", "tenant", "recipient", "template_id", "template_version", "category",
               "priority", "fallback_channel", "expires_at", "requested_at", "received_at", "metadata")
     task = {field: notification[field] for field in fields}
-    task.update(channel=content["channel"], address=to, content=content, attempt=0, due_at=None,
+    task.update(channel=content["channel"], address=to, content=content, attempt=0, due_at=None, awaiting_receipt=False,
                 fallback=fallback if fallback is not None and fallback["channel"] != content["channel"] else None)
     return task
 

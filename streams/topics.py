@@ -54,6 +54,10 @@ SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       bundled=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
+# Kept `receipts_retention_ms` (a day): a receipt matters only until a fallback's wait is over.
+RECEIPTS = TopicSpec("herald.receipts", ("DeliveryReceipt",),
+                     "the gateway produces from providers' status callbacks; deliver's receipt table folds it",
+                     retention_setting="receipts_retention_ms")
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
 EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
@@ -93,7 +97,7 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
     CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
 )
 
