@@ -172,6 +172,8 @@ class Settings(BaseSettings):
     # Waiting topics (retries, scheduled sends): a task not due yet goes back to its topic and is
     # read again this soon, so a scheduled notification goes out within about this of its time.
     stage_delayed_within_s: float = 0.2
+    # How often a stage with time-driven work (StageSpec.tick: digest windows closing) looks for it.
+    stage_tick_s: float = 1.0
     stage_handler_records: int = 2000
     # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
     bundle_max_records: int = 500

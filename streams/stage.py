@@ -24,10 +24,17 @@ if TYPE_CHECKING:
     from mode import ServiceT
 
     from streams.tables import CancellationTable, PreferenceTable, StateTable, TemplateTable
+    from streams.user_state import UserStateTable
 
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def user_key(record: Mapping[str, Any]) -> str:
+    """`<tenant>/<user_id>`: the key of a user's per-user state, and of the internal topics that
+    feed it, so a user's records share one partition (streams/user_state.py)."""
+    return f"{record['tenant']}/{record['recipient']['user_id']}"
 
 
 class RecordTooLarge(ValueError):
@@ -62,6 +69,7 @@ class Outgoing:
     topic: TopicSpec
     key: bytes | None
     value: bytes | None
+    partition: int | None = None  # set for a user state write: the partition of its user's input
 
 
 def lifecycle_event(
@@ -119,6 +127,8 @@ class Outputs:
         # Pending state writes by (table, key): applied to the tables once the batch's outputs are
         # acknowledged by the broker.
         self.state: dict[tuple[str, str], tuple[StateTable, str, Any]] = {}
+        # Pending per-user state writes by (table, user key): (table, partition, value).
+        self.user_state: dict[tuple[str, str], tuple[UserStateTable, int, Any]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,9 +144,15 @@ class Outputs:
                 for name, entries in writes.items()
                 for key, value in tables[name].encode(block_id, entries)]
 
+    def user_state_records(self) -> list[Outgoing]:
+        """The per-user state writes, each to its user's partition of the table's changelog."""
+        return [Outgoing(table.spec, key.encode(), table.encode(value), partition)
+                for (_, key), (table, partition, value) in self.user_state.items()]
+
     def extend(self, other: Outputs) -> None:
         self.records.extend(other.records)
         self.state.update(other.state)
+        self.user_state.update(other.user_state)
 
     def of(self, topic: TopicSpec) -> list[dict[str, Any]]:
         """The decoded records emitted to one topic (for tests and logs)."""
@@ -202,6 +218,16 @@ class Outputs:
         pending = self.state.get((table.spec.name, key))
         return table.get(key) if pending is None else pending[2]
 
+    def put_user_state(self, table: UserStateTable, key: str, value: Any, partition: int) -> None:
+        """Write a user's whole state (None deletes it) to `partition`: the input partition of the
+        record that made the write, or `table.partition_of(key)` (see streams/user_state.py)."""
+        self.user_state[(table.spec.name, key)] = (table, partition, value)
+
+    def pending_user_state(self, table: UserStateTable, key: str) -> Any:
+        """The user's state as this batch left it, else the table's."""
+        pending = self.user_state.get((table.spec.name, key))
+        return table.get(key) if pending is None else pending[2]
+
 
 @dataclass
 class Context:
@@ -214,20 +240,26 @@ class Context:
     preferences: PreferenceTable | None = None
     cancellations: CancellationTable | None = None
     state: dict[str, StateTable] = field(default_factory=dict)
+    # Per-user state by changelog topic name (streams/user_state.py).
+    user_state: dict[str, UserStateTable] = field(default_factory=dict)
     # Services by name, started with the worker: deliver's provider adapters (by channel), track's sink.
     services: dict[str, Any] = field(default_factory=dict)
 
     # State writes of earlier records of the batch, when the runtime hands its records over one by
     # one (after the batch raised): a repeat is still a repeat of what came before it.
-    carried_state: dict[tuple[str, str], tuple[StateTable, str, Any]] = field(default_factory=dict)
+    carried: Outputs | None = None
 
     def outputs(self) -> Outputs:
         out = Outputs(self.stage, self.serde, self.settings.max_record_bytes)
-        out.state.update(self.carried_state)
+        if self.carried is not None:
+            out.state.update(self.carried.state)
+            out.user_state.update(self.carried.user_state)
         return out
 
 
 Handler = Callable[[list[Incoming], Context], "Outputs | Awaitable[Outputs]"]
+# Work due by time rather than by a record (a digest window closing): called every tick.
+Tick = Callable[[Context], "Outputs | Awaitable[Outputs]"]
 
 
 @dataclass(frozen=True)
@@ -250,6 +282,10 @@ class StageSpec:
     handle: Handler | None = None
     tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences"
     state: tuple[StateSpec, ...] = ()
+    # Changelogs of per-user state, partitioned like the inputs (streams/user_state.py).
+    user_state: tuple[TopicSpec, ...] = ()
+    tick: Tick | None = None
+    tick_setting: str = "stage_tick_s"
     # Services the stage runs beside its agents: provider adapters (by channel) or a sink.
     services: Callable[[Settings], dict[str, ServiceT]] | None = None
     # The setting that bounds the records handed to the handler at once. Their outputs are in Kafka
