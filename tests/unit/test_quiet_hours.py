@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from typer.testing import CliRunner
 
 from agents.quiet_hours import parse_hhmm, parse_window, quiet_deferral, window_end
 from agents.route import hold
@@ -107,3 +108,24 @@ def test_route_judges_quiet_hours_at_the_send_at() -> None:
     afternoon = records.notification(send_at=now + timedelta(hours=2))
     held = hold(afternoon, in_tokyo(), None, now)
     assert held is not None and held.status == "scheduled" and held.until == now + timedelta(hours=2)
+
+
+def prefs_set(monkeypatch: pytest.MonkeyPatch, *options: str) -> tuple[int, str, list]:
+    from tooling import cli as cli_module, producer
+
+    published: list = []
+    monkeypatch.setattr(producer, "publish", lambda spec, recs: published.extend(recs))
+    result = CliRunner().invoke(cli_module.app, ["prefs", "set", "kenji", "--email", "kenji@example.com", *options])
+    return result.exit_code, " ".join(result.output.split()), published
+
+
+def test_cli_prefs_set_takes_quiet_hours_and_a_checked_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, _, published = prefs_set(monkeypatch, "--quiet-hours", "22:00-07:00", "--time-zone", "Asia/Tokyo")
+    assert code == 0
+    [(key, preferences)] = published
+    assert key == b"kenji" and preferences.time_zone == "Asia/Tokyo"
+    assert (preferences.quiet_hours.start, preferences.quiet_hours.end) == ("22:00", "07:00")
+    code, output, published = prefs_set(monkeypatch, "--time-zone", "Asia/Tokio")
+    assert code == 2 and "'Asia/Tokio' is no IANA time zone" in output and published == []
+    code, output, published = prefs_set(monkeypatch, "--quiet-hours", "10pm-7am")
+    assert code == 2 and "--quiet-hours" in output and published == []
