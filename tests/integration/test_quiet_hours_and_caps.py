@@ -7,9 +7,11 @@ real route finds the user inside them, and the deferred notification is really s
 """
 
 import itertools
+import os
+import signal
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,6 +19,7 @@ from clickhouse_driver import Client
 from kafka import KafkaProducer
 
 from streams.settings import Settings
+from tooling.bench import herald_processes
 from tests.integration.pipeline_helpers import (
     Mail, events_with, new_tenant, produce, put_template, request, set_preferences, statuses, wait_for_statuses,
 )
@@ -26,6 +29,7 @@ from tooling.mailbox import read_receipts
 RUN = uuid.uuid4().hex[:8]
 HELLO = f"hello-{RUN}"
 CAPPED = f"capped-{RUN}"
+SPACED = f"spaced-{RUN}"
 TOKYO = ZoneInfo("Asia/Tokyo")
 
 
@@ -34,6 +38,8 @@ def templates(pipeline: Settings) -> None:
     put_template(HELLO, ["name"], "Hello {{ name }}", "Hello {{ name }}.")
     put_template(CAPPED, ["name"], "News for {{ name }}", "News, {{ name }}.", category="marketing",
                  frequency_caps=[{"channel": "*", "limit": 3, "period_s": 3600}], over_cap="suppress")
+    put_template(SPACED, ["name"], "Update for {{ name }}", "Update, {{ name }}.",
+                 frequency_caps=[{"channel": "email", "limit": 1, "period_s": 20}], over_cap="defer")
     time.sleep(3)  # the stages fold herald.templates as they arrive
 
 
@@ -84,24 +90,57 @@ def test_inside_quiet_hours_in_tokyo_one_waits_for_the_window_end_and_a_high_pri
     assert 0 <= late_s <= 5, f"sent {late_s:.1f} s after the window's end"
 
 
-def test_a_cap_of_3_an_hour_suppresses_the_fourth_in_the_hour(
-    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
-) -> None:
-    tenant, user = new_tenant(), f"reader-{RUN}"
-    news = [request(tenant, f"news-{i}", CAPPED, user, f"{user}@example.com", {"name": "Reader"}) | {"category": "marketing"}
-            for i in range(4)]
-    other = request(tenant, "other", HELLO, user, f"{user}@example.com", {"name": "Reader"})  # no caps: goes
-    ids = produce(producer, news + [other])
-    deadline = time.monotonic() + 90
+def sent_or_suppressed(clickhouse: Client, tenant: str, ids: list[str], timeout: float) -> dict[str, set[str]]:
+    deadline = time.monotonic() + timeout
     found = statuses(clickhouse, tenant)
     while time.monotonic() < deadline and not all(found.get(i, set()) & {"sent", "suppressed"} for i in ids):
         time.sleep(1)
         found = statuses(clickhouse, tenant)
+    return found
+
+
+def test_a_cap_of_3_an_hour_suppresses_the_fourth_in_the_hour_and_route_killed_still_counts_them(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    tenant, user = new_tenant(), f"reader-{RUN}"
+
+    def news(i: int) -> dict:
+        return request(tenant, f"news-{i}", CAPPED, user, f"{user}@example.com", {"name": "Reader"}) | {"category": "marketing"}
+
+    other = request(tenant, "other", HELLO, user, f"{user}@example.com", {"name": "Reader"}) | {"category": "marketing"}
+    ids = produce(producer, [news(i) for i in range(4)] + [other])  # `other`'s template has no caps: it goes
+    found = sent_or_suppressed(clickhouse, tenant, ids, 90)
     sent = [i for i in ids[:4] if "sent" in found.get(i, set())]
     suppressed = events_with(clickhouse, tenant, "suppressed")
     assert len(sent) == 3 and len(suppressed) == 1, found
     [(fourth, (code, detail))] = suppressed.items()
     assert fourth in ids[:4] and code == "frequency_cap" and "3 per 3600 s of 'marketing' on email" in detail
     assert "sent" in found[ids[4]]
+
+    # The counts are route's per-user state: a route worker killed and started again reads them back.
+    [route_pid] = [pid for pid, role in herald_processes(pipeline).items() if role == "route"]
+    os.kill(route_pid, signal.SIGKILL)  # the supervisor starts it again
+    [fifth] = produce(producer, [news(4)])
+    found = sent_or_suppressed(clickhouse, tenant, [fifth], 120)
+    assert "suppressed" in found[fifth] and "sent" not in found[fifth], found[fifth]
+    assert events_with(clickhouse, tenant, "suppressed")[fifth][0] == "frequency_cap"
     time.sleep(3)
-    assert fourth not in Mail(pipeline, ids).submissions()
+    assert not {fourth, fifth} & set(Mail(pipeline, ids + [fifth]).submissions())
+
+
+def test_over_a_cap_with_over_cap_defer_one_waits_until_the_cap_allows_it(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    tenant, user = new_tenant(), f"spaced-{RUN}"
+    ids = produce(producer, [request(tenant, f"update-{i}", SPACED, user, f"{user}@example.com", {"name": "S"})
+                             for i in range(2)])
+    received = Mail(pipeline, ids).wait_for_all(timeout=120)
+    assert set(received.values()) == {1}
+    [(later, (_, detail))] = events_with(clickhouse, tenant, "deferred").items()
+    assert "frequency cap reached (1 per 20 s of 'transactional' on email): until" in detail
+    # Due 20 s after route let the first through; the detail gives that time to the second.
+    due = datetime.strptime(detail.rsplit("until ", 1)[1], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    late_s = first_arrival_ms(pipeline, later) / 1000 - due.timestamp()
+    assert 0 <= late_s <= 6, f"the deferred one came {late_s:.1f} s after {due}"
+    first = next(i for i in ids if i != later)
+    assert first_arrival_ms(pipeline, first) / 1000 < due.timestamp() - 15
