@@ -32,17 +32,23 @@ class Verdict(NamedTuple):
     detail: str | None  # why it was held or suppressed; None when it goes as asked
 
 
+def valid(cap: Mapping[str, Any]) -> bool:
+    return cap["limit"] >= 1 and cap["period_s"] >= 1
+
+
 def cap_problems(template: Mapping[str, Any]) -> list[str]:
     """Why a template's caps must not be published (`herald templates put`)."""
     name = f"template '{template['template_id']}' v{template['version']}"
     return [f"{name}: frequency cap {i} ({cap['limit']} per {cap['period_s']} s on {cap['channel']}): "
             f"limit and period_s must be at least 1"
-            for i, cap in enumerate(template.get("frequency_caps") or ()) if cap["limit"] < 1 or cap["period_s"] < 1]
+            for i, cap in enumerate(template.get("frequency_caps") or ()) if not valid(cap)]
 
 
 def caps_on(template: dict[str, Any] | None, channel: str) -> list[dict[str, Any]]:
-    """The template's caps that count the channel."""
-    return [cap for cap in (template or {}).get("frequency_caps") or () if cap["channel"] in ("*", channel)]
+    """The template's caps that count the channel. A cap under 1 (published past `herald templates
+    put`, by another producer) is left out: it would hold nothing or everything forever."""
+    return [cap for cap in (template or {}).get("frequency_caps") or ()
+            if cap["channel"] in ("*", channel) and valid(cap)]
 
 
 def sends_key(category: str, channel: str) -> str:

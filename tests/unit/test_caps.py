@@ -105,6 +105,7 @@ def test_caps_under_1_are_refused_by_templates_put() -> None:
     assert "frequency cap 0 (0 per 3600 s on *)" in problems[0] and "frequency cap 1" in problems[1]
     assert template_problems(bad) == problems
     assert template_problems(capped_template()) == []
+    assert caps_on(bad, "email") == [{"channel": "email", "limit": 1, "period_s": 1}]  # a producer's: left out
 
 
 def test_capped_suppresses_and_records_only_what_it_lets_through() -> None:
