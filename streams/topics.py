@@ -83,6 +83,10 @@ REPLAYED = TopicSpec("herald.state.replayed", (),
                      compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
+# Per-user state (streams/user_state.py), partitioned like herald.rendered: one record per user.
+ROUTE_USERS = TopicSpec("herald.state.route.users", (),
+                        "route writes and reads back by partition: each user's recent sends per category and "
+                        "channel, for frequency caps (JSON, internal)", compacted=True)
 DELIVER = tuple(
     TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes",
               bundled=True)
@@ -98,7 +102,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
+    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS,
 )
 
 
