@@ -22,6 +22,7 @@ A batch whose members would end up with the same idempotency key is refused as w
 
 import asyncio
 import json
+import logging
 import math
 import re
 import time
@@ -49,8 +50,9 @@ from clickhouse_driver.errors import Error as ClickHouseError
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
+from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
-from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
+from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
 from gateway.auth import SETTINGS, presented_key, same_key, tenant_of
 from gateway.callbacks import callback_routes
 from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
@@ -378,7 +380,7 @@ class Gateway:
             "This document", {200: Reply("the OpenAPI 3.1 document of every route", media="application/json")},
             security=()), self.openapi))
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
-        app.router.add_routes(callback_routes(self.settings, self.publish_event))
+        app.router.add_routes(callback_routes(self.settings, self.publish_event, self.publish_receipt))
         from gateway.api import register as register_api  # here: gateway.api and gateway.inbox import this module
         from gateway.inbox import register as register_inbox
 
@@ -400,6 +402,12 @@ class Gateway:
             await self.kafka.send(EVENTS.name, value, key, self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError):
             REFUSED.labels("event_unpublished").inc()
+
+    async def publish_receipt(self, receipt: dict[str, Any]) -> None:
+        """A provider's delivery report on herald.receipts; raises when Kafka does not take it."""
+        key = f"{receipt['notification_id']}/{receipt['channel']}".encode()
+        value = self.serde.encode("DeliveryReceipt", receipt)
+        await self.kafka.send(RECEIPTS.name, value, key, self.settings.gateway_produce_timeout_s)
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -514,5 +522,8 @@ class Gateway:
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
+    if settings.log_format == "json":
+        logging.basicConfig(level=logging.INFO)
+        use_json_logs("gateway")
     web.run_app(Gateway(settings).web_app(), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

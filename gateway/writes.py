@@ -8,20 +8,21 @@ hours must not believe they are kept while they are not. Remove a field here whe
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from agents.caps import valid as valid_cap
+from agents.quiet_hours import BAD_ZONE, parse_hhmm
 from agents.template import template_problems
 from gateway.errors import field_errors, problem
-from schemas.models import OptOut, PreferencesUpdated, Recipient, TemplateUpserted
+from schemas.models import OptOut, PreferencesUpdated, TemplateUpserted
 from streams.tables import template_key
 
 # Fields a stage does not act on yet, per model: refused when set to anything but their default.
 NOT_HONOURED: dict[type[BaseModel], tuple[str, ...]] = {
-    TemplateUpserted: ("critical", "frequency_caps", "over_cap", "digest"),
-    PreferencesUpdated: ("time_zone", "quiet_hours"),
-    Recipient: ("time_zone",),
+    TemplateUpserted: ("digest",),
 }
 
 
@@ -66,12 +67,16 @@ def checked(model: type[BaseModel], document: Mapping[str, Any]) -> Any:
 
 def build_template(document: Mapping[str, Any], allow_unsafe_html: bool = False) -> TemplateUpserted:
     """A TemplateUpserted from a document (`updated_at` defaults to now), once every part compiles
-    with the template stage's own compiler and no HTML part prints text unescaped (unless allowed)."""
+    with the template stage's own compiler, no HTML part prints text unescaped (unless allowed) and
+    every frequency cap is at least 1 (as route needs: agents/caps.py)."""
     template: TemplateUpserted = checked(TemplateUpserted, {"updated_at": datetime.now(UTC), **document})
     as_dict = template.model_dump()
+    # The stage's own checks, one part at a time so that each problem names its part; caps apart.
     problems = [problem(f"parts.{index}", message)
                 for index, part in enumerate(as_dict["parts"])
-                for message in template_problems(as_dict | {"parts": [part]}, allow_unsafe_html)]
+                for message in template_problems(as_dict | {"parts": [part], "frequency_caps": []}, allow_unsafe_html)]
+    problems += [problem(f"frequency_caps.{index}", "limit and period_s must be at least 1")
+                 for index, cap in enumerate(as_dict["frequency_caps"]) if not valid_cap(cap)]
     if problems:
         raise Refused(problems)
     return template
@@ -83,8 +88,28 @@ def template_entry(template: TemplateUpserted) -> tuple[bytes, TemplateUpserted]
 
 
 def build_preferences(document: Mapping[str, Any]) -> PreferencesUpdated:
-    """A user's whole preferences from a document (`updated_at` defaults to now)."""
-    return checked(PreferencesUpdated, {"updated_at": datetime.now(UTC), **document})
+    """A user's whole preferences from a document (`updated_at` defaults to now), with a time zone
+    zoneinfo knows and quiet hours of two different HH:MM times (as route reads them: agents/quiet_hours.py)."""
+    preferences: PreferencesUpdated = checked(PreferencesUpdated, {"updated_at": datetime.now(UTC), **document})
+    problems = []
+    if preferences.time_zone is not None:
+        try:
+            ZoneInfo(preferences.time_zone)
+        except BAD_ZONE:
+            problems.append(problem("time_zone", f"{preferences.time_zone!r} is no IANA time zone (such as Asia/Tokyo)"))
+    quiet = preferences.quiet_hours
+    if quiet is not None:
+        times = {}
+        for end in ("start", "end"):
+            try:
+                times[end] = parse_hhmm(getattr(quiet, end))
+            except ValueError as exc:
+                problems.append(problem(f"quiet_hours.{end}", str(exc)))
+        if len(times) == 2 and times["start"] == times["end"]:
+            problems.append(problem("quiet_hours", "start and end are the same time"))
+    if problems:
+        raise Refused(problems)
+    return preferences
 
 
 def preferences_entry(preferences: PreferencesUpdated) -> tuple[bytes, PreferencesUpdated]:

@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,11 +173,15 @@ class Settings(BaseSettings):
     # Waiting topics (retries, scheduled sends): a task not due yet goes back to its topic and is
     # read again this soon, so a scheduled notification goes out within about this of its time.
     stage_delayed_within_s: float = 0.2
+    # How often a stage with time-driven work (StageSpec.tick: digest windows closing) looks for it.
+    stage_tick_s: float = 1.0
     stage_handler_records: int = 2000
     # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
     bundle_max_records: int = 500
     # Retention of the flow topics; templates and preferences are compacted and kept forever.
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    # herald.receipts (providers' delivery reports): longer than any fallback_after_s.
+    receipts_retention_ms: int = 24 * 3600 * 1000
 
     # Confluent-compatible schema registry; unset means Avro single-object encoding.
     schema_registry_url: str | None = None
@@ -269,6 +274,13 @@ class Settings(BaseSettings):
     # to <data_dir>/run/health-<stage>.port (locally, six workers share a host).
     health_host: str = "127.0.0.1"
     health_port: int = 0
+
+    # Fallback when not delivered in time: category ('*' for any) → seconds. A delivery on a channel
+    # whose provider reports deliveries (SMS), of a notification with a fallback_channel, falls back
+    # once if no `delivered` report came within this time (a `failed` report counts as none).
+    fallback_after_s: dict[str, float] = {}
+    # "text", or "json": one JSON object per line, with the notification id on lines about one (streams/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Local provider peers (tooling/peers): one HTTP server for every HTTP provider, run by `herald up`.
     peers_host: str = "127.0.0.1"

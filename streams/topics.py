@@ -47,13 +47,17 @@ ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; val
                    key_ordered=False)
 VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
                    key_ordered=False)
-RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
-                   key_ordered=False)
+# Keyed by user (`<tenant>/<user_id>`): route keeps per-user state (frequency caps) by partition.
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
 SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       "route produces deliveries with a send_at ahead (due_at); deliver sends them on when due",
                       bundled=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
+# Kept `receipts_retention_ms` (a day): a receipt matters only until a fallback's wait is over.
+RECEIPTS = TopicSpec("herald.receipts", ("DeliveryReceipt",),
+                     "the gateway produces from providers' status callbacks; deliver's receipt table folds it",
+                     retention_setting="receipts_retention_ms")
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
 EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
@@ -79,6 +83,10 @@ REPLAYED = TopicSpec("herald.state.replayed", (),
                      compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
+# Per-user state (streams/user_state.py), partitioned like herald.rendered: one record per user.
+ROUTE_USERS = TopicSpec("herald.state.route.users", (),
+                        "route writes and reads back by partition: each user's recent sends per category and "
+                        "channel, for frequency caps (JSON, internal)", compacted=True)
 DELIVER = tuple(
     TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes",
               bundled=True)
@@ -93,8 +101,8 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS,
 )
 
 

@@ -97,8 +97,8 @@ def test_preferences_put_and_patched_through_the_api_are_served(gateway: Setting
     assert patched["opt_outs"] == [{"category": "marketing", "channel": "email"}]
     assert patched["email"] == "alice@example.com"
     refused = call(gateway, "PUT", "/v1/preferences/api-alice", 422,
-                   json={"quiet_hours": {"start": "22:00", "end": "07:00"}})
-    assert [p["field"] for p in refused["detail"]] == ["quiet_hours"]
+                   json={"time_zone": "Asia/Tokio", "quiet_hours": {"start": "22:00", "end": "24:00"}})
+    assert [p["field"] for p in refused["detail"]] == ["time_zone", "quiet_hours.end"]
 
 
 def event(notification_id: uuid.UUID, status: str, at: datetime, detail: str | None = None) -> dict[str, Any]:

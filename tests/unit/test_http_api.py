@@ -104,7 +104,7 @@ async def test_a_template_is_published_with_the_callers_tenant(stack: tuple[Stac
     ({"parts": [records.part("email", text="{% if %}")]}, "parts.0"),
     ({"parts": [records.part("email", html="{{ name|safe }}")]}, "parts.0"),
     ({"parts": [records.part("email")], "digest": {"window_s": 10}}, "digest"),
-    ({"parts": [records.part("email")], "critical": True}, "critical"),
+    ({"parts": [records.part("email")], "frequency_caps": [{"limit": 0, "period_s": 3600}]}, "frequency_caps.0"),
     ({"parts": [records.part("email")], "locale": "en/x"}, "locale"),
     ({"parts": [records.part("fax")]}, "parts.0.channel"),
     ({"parts": [], "colour": "red"}, "colour"),
@@ -174,8 +174,11 @@ async def test_preferences_are_read_put_and_patched(stack: tuple[Stack, TestClie
     assert (await call(client, "GET", "/v1/preferences/alice"))["email"] == "alice@example.com"
     await call(client, "GET", "/v1/preferences/olga", status=404)  # another tenant's
     await call(client, "GET", "/v1/preferences/nobody", status=404)
-    put = await call(client, "PUT", "/v1/preferences/bob", {"email": "bob@example.com"}, status=202)
-    assert (put["user_id"], put["tenant"], put["email"]) == ("bob", "default", "bob@example.com")
+    put = await call(client, "PUT", "/v1/preferences/bob", {"email": "bob@example.com", "time_zone": "Asia/Tokyo",
+                                                             "quiet_hours": {"start": "22:00", "end": "07:00"}},
+                     status=202)
+    assert (put["user_id"], put["tenant"], put["email"], put["quiet_hours"]) == \
+           ("bob", "default", "bob@example.com", {"start": "22:00", "end": "07:00"})
     patched = await call(client, "PATCH", "/v1/preferences/alice",
                          {"category": "marketing", "channel": "email", "opted_out": True}, status=202)
     assert patched["email"] == "alice@example.com"  # the rest of the folded preferences kept
@@ -184,8 +187,10 @@ async def test_preferences_are_read_put_and_patched(stack: tuple[Stack, TestClie
 
 
 @pytest.mark.parametrize(("method", "body", "field"), [
-    ("PUT", {"quiet_hours": {"start": "22:00", "end": "07:00"}}, "quiet_hours"),
-    ("PUT", {"time_zone": "Asia/Tokyo"}, "time_zone"),
+    ("PUT", {"quiet_hours": {"start": "22:00", "end": "7:00"}}, "quiet_hours.end"),
+    ("PUT", {"quiet_hours": {"start": "22:00", "end": "22:00"}}, "quiet_hours"),
+    ("PUT", {"time_zone": "Asia/Tokio"}, "time_zone"),
+    ("PUT", {"time_zone": "America"}, "time_zone"),  # a directory of the tz database
     ("PUT", {"email": "a\x00b"}, "email"),
     ("PUT", {"opt_outs": [{"category": "x", "channel": "fax"}]}, "opt_outs.0.channel"),
     ("PATCH", {"category": "x", "channel": "email"}, "opted_out"),
@@ -289,6 +294,6 @@ def test_the_cli_refuses_what_the_api_refuses(tmp_path: Any, monkeypatch: pytest
     good = tmp_path / "good.json"
     good.write_text(json.dumps({k: v for k, v in records.template().items() if k != "updated_at"}))
     assert CliRunner().invoke(cli.app, ["templates", "put", str(good)]).exit_code == 0
-    result = CliRunner().invoke(cli.app, ["prefs", "set", "alice", "--time-zone", "Asia/Tokyo"])
-    assert result.exit_code == 1 and "time_zone: not honoured yet" in result.output
+    result = CliRunner().invoke(cli.app, ["prefs", "set", "alice", "--time-zone", "Asia/Tokio"])
+    assert result.exit_code == 1 and "time_zone: 'Asia/Tokio' is no IANA time zone" in result.output
     assert [key for key, _ in published] == [b"welcome/en/1"]
