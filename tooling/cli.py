@@ -362,7 +362,8 @@ def replay_events(
     with console.status("replaying…") as status:
         done = replay(get_settings(), since, status.update)
     console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
-                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible; "
+                  f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
 
 
 @replay_app.command("dlq")

@@ -116,6 +116,7 @@ async function refresh() {
     drawFailures(data.failures);
     drawLines("throughput", data.minutes, data.throughput);
     drawLines("latency", data.minutes, data.latency);
+    document.body.dataset.since = String(data.since);
     document.body.dataset.loaded = String(data.until);
   } catch (error) {
     if (error instanceof Unauthorized) return showLogin(error.message);

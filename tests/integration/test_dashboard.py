@@ -1,0 +1,110 @@
+"""The dashboard in headless Chromium (Debian's `chromium`, driven by Playwright) over a real run of 500
+notifications: the page's figures equal ClickHouse's counts of the raw events, a timeline search finds
+a notification, the browser logs no error, and a screenshot is kept in <data dir>/artifacts."""
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from clickhouse_driver import Client
+from kafka import KafkaProducer
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from streams.settings import Settings
+from tests.integration.pipeline_helpers import produce, put_template, request, wait_for_statuses
+
+TENANT = "default"  # the tenant of the one API key (gateway/auth.py)
+SENT, REJECTED = 480, 20  # 500 notifications; 20 name no template, so the failures table has a reason
+# What the page shows for the period it loaded, counted from the raw events with FINAL (each event once).
+RAW_COUNT = ("SELECT count() FROM notification_events FINAL WHERE tenant = %(tenant)s AND status = %(status)s "
+             "AND toStartOfMinute(event_time) >= toDateTime(%(since)s)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        message = "chromium not installed; `make browser` installs Debian's"
+        if os.environ.get("HERALD_REQUIRE_SERVERS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        browser.close()
+
+
+def raw_count(clickhouse: Client, status: str, since: int) -> int:
+    return clickhouse.execute(RAW_COUNT, {"tenant": TENANT, "status": status, "since": since})[0][0]
+
+
+def figure(page: Page, element: str) -> int:
+    return int(page.inner_text(element).replace(",", ""))
+
+
+def loaded(page: Page, after: int = 0) -> int:
+    """Waits for the page to draw figures newer than `after`; the first minute they cover (epoch s)."""
+    page.wait_for_function(f"Number(document.body.dataset.loaded || 0) > {after}", timeout=30_000)
+    return int(page.get_attribute("body", "data-since"))
+
+
+def test_the_dashboard_shows_the_counts_of_a_run_and_finds_a_notification(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client, browser: Browser
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    put_template("dashboard-check", [], "Hi", "Hello")
+    time.sleep(2)  # validate and template fold herald.templates
+    sent = produce(producer, [request(TENANT, f"dash-{run}-{i}", "dashboard-check", f"d{i}", f"d{i}@example.com", {})
+                              for i in range(SENT)])
+    rejected = produce(producer, [request(TENANT, f"dash-{run}-x{i}", f"missing-{run}", f"x{i}", f"x{i}@example.com",
+                                          {}) for i in range(REJECTED)])
+    found = wait_for_statuses(clickhouse, TENANT, sent, {"sent"}, 240)
+    assert all("sent" in found.get(i, set()) for i in sent)
+    found = wait_for_statuses(clickhouse, TENANT, rejected, {"rejected"}, 120)
+    assert all("rejected" in found.get(i, set()) for i in rejected)
+
+    errors: list[str] = []
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    base = f"http://127.0.0.1:{pipeline.gateway_port}"
+
+    page.goto(f"{base}/dashboard")
+    page.fill("#key", "not-the-key")
+    page.click("#login button[type=submit]")
+    page.wait_for_selector("#login-error:has-text('API key')")  # refused: the form again, with the reason
+    errors.clear()  # the browser logs the 401 itself; it was the point of this step
+    page.fill("#key", pipeline.api_key)
+    page.click("#login button[type=submit]")
+    since = loaded(page)
+
+    # The figures come from the rollups; ClickHouse's raw events with FINAL must say the same. Other
+    # events of the tenant may still land (a late report), so read both until they agree.
+    deadline = time.monotonic() + 60
+    while True:
+        shown = {status: figure(page, f"#total-{status}") for status in ("accepted", "sent")}
+        counted = {status: raw_count(clickhouse, status, since) for status in ("accepted", "sent")}
+        if shown == counted or time.monotonic() > deadline:
+            break
+        drawn = int(page.get_attribute("body", "data-loaded"))
+        page.click("#refresh")
+        since = loaded(page, drawn)
+    assert shown == counted
+    assert shown["accepted"] >= SENT + REJECTED and shown["sent"] >= SENT
+    assert figure(page, "#funnel [data-channel=email] [data-step=sent] .count") >= SENT
+    assert page.locator("#throughput canvas").count() >= 1 and page.locator("#latency canvas").count() >= 1
+    assert page.locator("#failures tbody tr", has_text="unknown_template").count() >= 1
+
+    page.fill("#notification-id", sent[0])
+    page.click("#search button[type=submit]")
+    page.wait_for_selector("#timeline tbody tr[data-status=sent]", timeout=15_000)
+    assert page.locator("#timeline tbody tr[data-status=accepted]").count() == 1
+
+    artifacts = pipeline.data_dir / "artifacts"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
+    assert errors == []
+    page.close()
