@@ -7,12 +7,16 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
 
 import pytest
 from clickhouse_driver import Client
 from kafka import KafkaProducer
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from sinks.clickhouse_client import connect
+from sinks.migrate import migrate_down, migrate_up
 from streams.settings import Settings
 from tests.integration.pipeline_helpers import produce, put_template, request, wait_for_statuses
 
@@ -108,3 +112,36 @@ def test_the_dashboard_shows_the_counts_of_a_run_and_finds_a_notification(
     page.screenshot(path=str(artifacts / "dashboard.png"), full_page=True)
     assert errors == []
     page.close()
+
+
+def test_the_migration_backfills_the_rollups_from_the_stored_events_once_each(clickhouse: Client,
+                                                                              settings: Settings) -> None:
+    """0003's INSERT SELECT … FINAL: rows stored before the views exist, a repeated one among them, are
+    counted once; the views count what is inserted after."""
+    isolated = settings.model_copy(update={"clickhouse_database": f"herald_rollups_{uuid.uuid4().hex[:8]}"})
+    migrate_up(isolated)
+    client = connect(isolated)
+    try:
+        now = datetime.now(timezone.utc).replace(microsecond=0)
+
+        def row(status: str, latency: int | None) -> tuple[Any, ...]:
+            return (uuid.uuid4(), uuid.uuid4(), "acme", "deliver", status, "email", "smtp", "t", "c", "normal", 0, "",
+                    "", latency, now, int(now.timestamp() * 1000))
+
+        insert = ("INSERT INTO notification_events (event_id, notification_id, tenant, stage, status, channel, "
+                  "provider, template, category, priority, attempt, error_code, detail, latency_ms, event_time, "
+                  "event_time_ms) VALUES")
+        sent = [row("sent", 100 * i) for i in range(1, 6)]
+        assert migrate_down(isolated) == ["0003_dashboard_rollups"]
+        client.execute(insert, sent + sent[:1] + [row("failed", None)])  # one event stored twice
+        assert migrate_up(isolated) == ["0003_dashboard_rollups"]
+        client.execute(insert, [row("sent", 600)])  # after: through the view
+        counts = dict(client.execute("SELECT status, sum(events) FROM events_per_minute WHERE tenant = 'acme' "
+                                     "GROUP BY status"))
+        assert counts == {"sent": 6, "failed": 1}
+        [(quantiles,)] = client.execute("SELECT quantilesMerge(0.5, 0.95, 0.99)(latency) FROM latency_per_minute "
+                                        "WHERE tenant = 'acme' AND status = 'sent'")
+        assert 300 <= quantiles[0] <= 400 and quantiles[2] >= 500  # over 100…600 ms, the repeated 100 once
+    finally:
+        client.execute(f"DROP DATABASE IF EXISTS {isolated.clickhouse_database}")
+        client.disconnect()
