@@ -2,6 +2,7 @@
 notifications: the page's figures equal ClickHouse's counts of the raw events, a timeline search finds
 a notification, the browser logs no error, and a screenshot is kept in <data dir>/artifacts."""
 
+import json
 import os
 import shutil
 import time
@@ -17,7 +18,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from sinks.clickhouse_client import connect
 from sinks.migrate import migrate_down, migrate_up
-from streams.settings import Settings
+from streams.settings import REPO_ROOT, Settings
 from tests.integration.pipeline_helpers import produce, put_template, request, wait_for_statuses
 
 TENANT = "default"  # the tenant of the one API key (gateway/auth.py)
@@ -145,3 +146,17 @@ def test_the_migration_backfills_the_rollups_from_the_stored_events_once_each(cl
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {isolated.clickhouse_database}")
         client.disconnect()
+
+
+def test_every_grafana_panel_reads_the_rollups_and_runs(clickhouse: Client, settings: Settings) -> None:
+    """deploy/grafana/herald.json with the data source's macros expanded as the plugin does, on this server."""
+    dashboard = json.loads((REPO_ROOT / "deploy/grafana/herald.json").read_text())
+    now = int(time.time())
+    queries = [t["rawSql"] for panel in dashboard["panels"] for t in panel["targets"]]
+    queries += [v["query"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(queries) == len(dashboard["panels"]) + 1
+    for sql in queries:
+        assert "notification_events" not in sql and ("events_per_minute" in sql or "latency_per_minute" in sql)
+        expanded = (sql.replace("$__timeFilter(minute)", f"minute >= toDateTime({now - 3600}) AND minute <= toDateTime({now})")
+                    .replace("${tenant}", TENANT).replace("herald.", f"{settings.clickhouse_database}."))
+        clickhouse.execute(expanded)  # raises on SQL this server does not take
