@@ -366,6 +366,26 @@ def replay_events(
                   f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
 
 
+@replay_app.command("rollups")
+def replay_rollups(
+    since: Annotated[Optional[datetime], typer.Option(help="Recompute the days with events from this time on (UTC "
+                                                           "unless it says); default: every day.")] = None,
+) -> None:
+    """Recompute the dashboard's per-minute rollups from the stored events (with FINAL): after a stage
+    processed messages again (its repeated events collapse in notification_events, the views counted them)."""
+    from sinks.clickhouse_client import connect
+    from sinks.rollups import rebuild
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    client = connect(get_settings())
+    try:
+        days = rebuild(client, since)
+    finally:
+        client.disconnect()
+    console.print(f"[green]✓[/] rollups recomputed for {len(days)} day(s): {', '.join(map(str, days)) or 'none'}")
+
+
 @replay_app.command("dlq")
 def replay_dlq(
     reason: Annotated[str, typer.Option(help="The reason code to send back, e.g. unknown_template, retries_exhausted.")],
