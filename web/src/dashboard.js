@@ -79,8 +79,9 @@ function drawFailures(failures) {
   if (!failures.length) cell(body.insertRow(), "No failures in this period.").colSpan = 4;
 }
 
-// One uPlot line chart per element, re-created when the series change and updated otherwise.
-function drawLines(id, x, named) {
+// One uPlot line chart per element, re-created when the series change and updated otherwise. With
+// `dots`, every value is a dot too: a minute between two empty ones (a short run) is not an invisible line.
+function drawLines(id, x, named, dots = false) {
   const names = Object.keys(named);
   const data = [x, ...names.map((n) => named[n])];
   const element = $(id);
@@ -93,7 +94,8 @@ function drawLines(id, x, named) {
   charts[id] = new uPlot({
     width: Math.max(320, element.clientWidth),
     height: 240,
-    series: [{}, ...names.map((n) => ({ label: n, stroke: COLORS[n], width: 2, spanGaps: false }))],
+    series: [{}, ...names.map((n) => ({ label: n, stroke: COLORS[n], width: 2, spanGaps: false,
+      points: dots ? { show: true, size: 5, fill: COLORS[n] } : {} }))],
     axes: [{}, { size: 60 }],
   }, data, element);
 }
@@ -115,7 +117,7 @@ async function refresh() {
     drawFunnel(data.funnel);
     drawFailures(data.failures);
     drawLines("throughput", data.minutes, data.throughput);
-    drawLines("latency", data.minutes, data.latency);
+    drawLines("latency", data.minutes, data.latency, true);
     document.body.dataset.since = String(data.since);
     document.body.dataset.loaded = String(data.until);
   } catch (error) {
