@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from sinks.clickhouse_client import connect
 from sinks.migrate import migrate_down, migrate_up
+from sinks.queries import timeline
 from streams.settings import REPO_ROOT, Settings
 from tests.integration.pipeline_helpers import produce, put_template, request, wait_for_statuses
 
@@ -116,6 +117,7 @@ def test_the_dashboard_shows_the_counts_of_a_run_and_finds_a_notification(
     page.click("#search button[type=submit]")
     page.wait_for_selector("#timeline tbody tr[data-status=sent]", timeout=15_000)
     assert page.locator("#timeline tbody tr[data-status=accepted]").count() == 1
+    assert timeline(clickhouse, uuid.UUID(sent[0]), "another-tenant") == []  # what the search finds is the tenant's
 
     artifacts = pipeline.data_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
