@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -271,6 +272,8 @@ class Settings(BaseSettings):
     # to <data_dir>/run/health-<stage>.port (locally, six workers share a host).
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # "text", or "json": one JSON object per line, with the notification id on lines about one (streams/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Local provider peers (tooling/peers): one HTTP server for every HTTP provider, run by `herald up`.
     peers_host: str = "127.0.0.1"
