@@ -5,6 +5,7 @@ POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 DELETE /v1/notifications/{id}   cancel what of it is not sent yet (a scheduled notification)
 GET  /health                    unauthenticated
+GET  /dashboard…                the delivery dashboard (gateway/dashboard.py; the page is public, its data needs the key)
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
@@ -18,7 +19,6 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
-import hmac
 import logging
 import json
 import math
@@ -48,6 +48,8 @@ from streams.ids import log_position, member_key, member_position, notification_
 from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
 from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
+from gateway import dashboard
+from gateway.auth import SETTINGS, presented_key, same_key
 from gateway.callbacks import callback_routes
 from gateway.tracking import tracking_routes
 
@@ -263,16 +265,6 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
 # --- Keys and rates ----------------------------------------------------------------------------------------
 
 
-def presented_key(request: web.Request) -> str:
-    return request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-
-
-def same_key(presented: str, expected: str) -> bool:
-    """In constant time (for keys of one length); never true for an empty key."""
-    return bool(expected) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
-                                                  expected.encode("utf-8", "surrogatepass"))
-
-
 class RateLimiter:
     """A token bucket per API key, in this process's memory: `rate` requests a second, `burst` at once.
 
@@ -325,6 +317,7 @@ class Gateway:
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
+        app[SETTINGS] = self.settings
         app.router.add_post("/v1/notifications", self.post_notification)
         app.router.add_post("/v1/notifications/batch", self.post_batch)
         app.router.add_get("/v1/notifications/{id}", self.get_notification)
@@ -336,6 +329,7 @@ class Gateway:
         from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
 
         register_inbox(app, self)
+        dashboard.register(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -361,7 +355,7 @@ class Gateway:
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/health" or request.path.startswith(SIGNED_PATHS):
+        if request.path == "/health" or request.path.startswith(SIGNED_PATHS) or dashboard.is_public(request.path):
             return await handler(request)
         if request.path == "/metrics":
             if self.settings.metrics_api_key:

@@ -380,7 +380,28 @@ def replay_events(
     with console.status("replaying…") as status:
         done = replay(get_settings(), since, status.update)
     console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
-                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible; "
+                  f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
+
+
+@replay_app.command("rollups")
+def replay_rollups(
+    since: Annotated[Optional[datetime], typer.Option(help="Recompute the days with events from this time on (UTC "
+                                                           "unless it says); default: every day.")] = None,
+) -> None:
+    """Recompute the dashboard's per-minute rollups from the stored events (with FINAL): after a stage
+    processed messages again (its repeated events collapse in notification_events, the views counted them)."""
+    from sinks.clickhouse_client import connect
+    from sinks.rollups import rebuild
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    client = connect(get_settings())
+    try:
+        days = rebuild(client, since)
+    finally:
+        client.disconnect()
+    console.print(f"[green]✓[/] rollups recomputed for {len(days)} day(s): {', '.join(map(str, days)) or 'none'}")
 
 
 @replay_app.command("dlq")

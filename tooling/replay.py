@@ -5,7 +5,8 @@ ClickHouse is a projection of `herald.events` and `herald.dlq`: this reads them 
 beginning, or from the first message at or after `--since`) up to where they end now, and inserts
 what it reads with the sink's own conversion (sinks/event_sink.py). Replaying is idempotent: the
 tables collapse rows on their keys (read them with FINAL), so counts after a replay equal counts
-before. Records the sink could not convert are counted, not dead-lettered again (the sink did that
+before. The dashboard's rollups (sinks/rollups.py), which counted the replayed copies again as they
+were inserted, are then recomputed for the days replayed. Records the sink could not convert are counted, not dead-lettered again (the sink did that
 when it first read them).
 
 `herald replay dlq --reason R [--stage S]` reads herald.dlq and herald.rejected: a dead letter goes
@@ -17,14 +18,16 @@ herald.accepted). Each goes back at most once, across runs: herald.state.replaye
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from schemas.serde import SchemaDecodeError
+from sinks.clickhouse_client import connect
 from sinks.event_sink import PROJECTIONS, ClickHouseWriter, process
+from sinks.rollups import rebuild
 from streams.codec import bundle, default_serde
 from streams.settings import Settings
 from streams.topics import CATALOG, DLQ, REJECTED, REPLAYED, TopicSpec
@@ -38,6 +41,7 @@ class Replayed:
     rows: int = 0
     refused: int = 0
     unconvertible: int = 0
+    rollup_days: list[int] = field(default_factory=list)  # the days (YYYYMMDD) whose rollups were recomputed
 
 
 def start_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], since: datetime | None,
@@ -75,6 +79,12 @@ def replay_events(settings: Settings, since: datetime | None, say: Callable[[str
                 records = []
         if records:
             insert(records)
+        if done.rows:
+            client = connect(settings)
+            try:
+                done.rollup_days = rebuild(client, since)
+            finally:
+                client.disconnect()
         return done
     finally:
         consumer.close()

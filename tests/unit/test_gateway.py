@@ -534,7 +534,7 @@ async def test_the_key_is_compared_in_constant_time(client: TestClient, monkeypa
         compared.append((a, b))
         return hmac.compare_digest(a, b)
 
-    monkeypatch.setattr("gateway.server.hmac", type("hmac", (), {"compare_digest": staticmethod(spy)}))
+    monkeypatch.setattr("gateway.auth.hmac", type("hmac", (), {"compare_digest": staticmethod(spy)}))
     assert (await client.get("/v1/notifications/x", headers={"X-API-Key": "wrong"})).status == 401
     assert (await client.get("/v1/notifications/x", headers=KEY)).status == 422
     assert compared == [(b"wrong", b"secret"), (b"secret", b"secret")]
