@@ -36,10 +36,11 @@ def forget_static_members(stages: list[str]) -> None:
     from kafka.errors import KafkaError
 
     from agents.registry import STAGES
+    from streams.kafka_clients import client_kwargs
     from streams.settings import get_settings
 
     settings = get_settings()
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-supervisor")
+    admin = KafkaAdminClient(**client_kwargs(settings), client_id="herald-supervisor")
     try:
         for stage in stages:
             try:
