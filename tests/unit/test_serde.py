@@ -25,6 +25,7 @@ from schemas.serde import (
     SchemaRegistry,
     current_schemas,
     fingerprint,
+    history_schemas,
 )
 from streams.codec import default_serde
 
@@ -103,6 +104,16 @@ class RegistryHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def registry_server():
+    yield from serve_registry()
+
+
+@pytest.fixture
+def empty_registry_server():
+    """A registry no other test has registered anything with."""
+    yield from serve_registry()
+
+
+def serve_registry():
     state = FakeRegistryState()
     handler = type("Handler", (RegistryHandler,), {"state": state})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -218,9 +229,41 @@ def test_registry_requests_are_cached_and_typed(registry_server, registry: Schem
         other.close()
 
 
-def test_register_all(registry_server, registry: SchemaRegistry) -> None:
-    AvroSerde(registry).register_all()
-    assert {f"io.herald.{n}" for n in NAMES} <= set(registry_server.state.subjects)
+def test_register_all(empty_registry_server) -> None:
+    registry_server = empty_registry_server
+    registry = SchemaRegistry(registry_server.url, timeout=5)
+    ids = AvroSerde(registry).register_all()
+    registry.close()
+    subjects = registry_server.state.subjects
+    assert {f"io.herald.{n}" for n in NAMES} == set(ids) <= set(subjects)
+    # Kept versions first, oldest first, then the current one: the registry sees the history in order.
+    expected: list[dict] = []
+    for schema in [*history_schemas()["LifecycleEvent"].values(), SCHEMAS["LifecycleEvent"]]:
+        if schema not in expected:  # a kept version equal to the current one is the same registry version
+            expected.append(schema)
+    versions = [json.loads(registry_server.state.schemas[i]) for i in subjects["io.herald.LifecycleEvent"]]
+    assert len(expected) > 1 and versions == expected
+    assert subjects["io.herald.LifecycleEvent"][-1] == ids["io.herald.LifecycleEvent"]
+
+
+def test_herald_schemas_register(registry_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from streams.codec import default_serde
+    from streams.settings import get_settings
+    from tooling.cli import app
+
+    monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_URL", registry_server.url)
+    get_settings.cache_clear()
+    default_serde.cache_clear()
+    try:
+        done = CliRunner().invoke(app, ["schemas", "register"])
+    finally:
+        get_settings.cache_clear()
+        default_serde.cache_clear()
+    assert done.exit_code == 0, done.output
+    assert f"{len(NAMES)} subjects registered" in done.output
+    assert "io.herald.NotificationRequest" in done.output
 
 
 def test_decoder_accepts_both_framings(registry: SchemaRegistry, plain: AvroSerde) -> None:
