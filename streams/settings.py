@@ -1,8 +1,9 @@
 """One settings object for every Herald process, read from HERALD_* environment variables."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -303,6 +304,12 @@ class Settings(BaseSettings):
     chat: ChatSettings = ChatSettings()
     push: PushSettings = PushSettings()
     inbox: InboxSettings = InboxSettings()
+
+    def __init__(self, **values: Any) -> None:
+        # Secrets may also come from files, one per setting, named like its variable (a Kubernetes
+        # secret mounted as a volume): HERALD_SECRETS_DIR=/etc/herald/secrets holding e.g. a file
+        # HERALD_KAFKA_SASL_PASSWORD. A variable set in the environment wins over a file.
+        super().__init__(_secrets_dir=os.environ.get("HERALD_SECRETS_DIR"), **values)
 
     @property
     def max_record_bytes(self) -> int:

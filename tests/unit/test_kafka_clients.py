@@ -67,3 +67,14 @@ def test_a_client_certificate_is_presented_for_mutual_tls(tmp_path: Path, ca_fil
     broken = settings.model_copy(update={"kafka_ssl_certfile": ca_file})  # a certificate without its key
     with pytest.raises(ssl.SSLError):
         client_kwargs(broken)
+
+
+def test_secrets_come_from_files_and_the_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "HERALD_KAFKA_SASL_PASSWORD").write_text("from-a-file\n")
+    (tmp_path / "HERALD_SMTP_PASSWORD").write_text("smtp-from-a-file")
+    monkeypatch.setenv("HERALD_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("HERALD_SMTP_PASSWORD", "smtp-from-the-environment")
+    settings = Settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc")
+    assert client_kwargs(settings)["sasl_plain_password"] == "from-a-file"
+    assert settings.smtp_password is not None
+    assert settings.smtp_password.get_secret_value() == "smtp-from-the-environment"
