@@ -19,6 +19,7 @@ A batch whose members would end up with the same idempotency key is refused as w
 
 import asyncio
 import hmac
+import logging
 import json
 import math
 import re
@@ -44,8 +45,9 @@ from streams.producers import RenewingProducer
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
+from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
-from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
+from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
 from gateway.callbacks import callback_routes
 from gateway.tracking import tracking_routes
 
@@ -330,7 +332,7 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
-        app.router.add_routes(callback_routes(self.settings, self.publish_event))
+        app.router.add_routes(callback_routes(self.settings, self.publish_event, self.publish_receipt))
         from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
 
         register_inbox(app, self)
@@ -350,6 +352,12 @@ class Gateway:
             await self.kafka.send(EVENTS.name, value, key, self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError):
             REFUSED.labels("event_unpublished").inc()
+
+    async def publish_receipt(self, receipt: dict[str, Any]) -> None:
+        """A provider's delivery report on herald.receipts; raises when Kafka does not take it."""
+        key = f"{receipt['notification_id']}/{receipt['channel']}".encode()
+        value = self.serde.encode("DeliveryReceipt", receipt)
+        await self.kafka.send(RECEIPTS.name, value, key, self.settings.gateway_produce_timeout_s)
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -462,5 +470,8 @@ class Gateway:
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
+    if settings.log_format == "json":
+        logging.basicConfig(level=logging.INFO)
+        use_json_logs("gateway")
     web.run_app(Gateway(settings).web_app(), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

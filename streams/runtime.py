@@ -37,10 +37,11 @@ from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError
 from streams.codec import default_serde
 from streams.app import create_app
 from streams.codec import bundle, chunks, unbundle
-from streams.health import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT, HealthServer
+from streams.health import BATCH_SECONDS, OUTCOMES, RECORDS_IN, RECORDS_OUT, SINCE_REQUEST, HealthServer
+from streams.logs import NOTIFICATION_ID
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
-from streams.tables import CancellationTable, FoldedTable, PreferenceTable, StateTable, TemplateTable
+from streams.tables import CancellationTable, FoldedTable, PreferenceTable, ReceiptTable, StateTable, TemplateTable
 from streams.topics import TopicSpec
 from streams.user_state import UserStateTable
 
@@ -73,6 +74,8 @@ class StageRuntime:
             self.context.preferences = self.table(PreferenceTable(settings, self.serde))
         if "cancellations" in spec.tables:
             self.context.cancellations = self.table(CancellationTable(settings, self.serde))
+        if "receipts" in spec.tables:
+            self.context.receipts = self.table(ReceiptTable(settings, self.serde))
         for state in spec.state:
             table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
             self.context.state[state.topic.name] = self.table(table)
@@ -170,14 +173,22 @@ class StageRuntime:
         blocks = out.state_blocks(block_id)
         user_writes = out.user_state_records()
         await self.produce([*out.records, *blocks, *user_writes])
-        for topic, count in Counter(record.topic.name for record in out.records).items():
-            RECORDS_OUT.labels(self.spec.name, topic).inc(count)
+        self.count(out)
         for block in blocks:
             table = self.context.state[block.topic.name]
             table.fold(block.key or b"", table.decode(block.value or b"null"))
         for write in user_writes:
             assert write.partition is not None
             self.context.user_state[write.topic.name].apply(write.partition, write.key, write.value)
+
+    def count(self, out: Outputs) -> None:
+        """The metrics of an acknowledged chunk: records out per topic, outcomes by reason, latency."""
+        for topic, count in Counter(record.topic.name for record in out.records).items():
+            RECORDS_OUT.labels(self.spec.name, topic).inc(count)
+        for (status, reason), count in out.tally.items():
+            OUTCOMES.labels(self.spec.name, status, reason).inc(count)
+        for status, seconds in out.since_request:
+            SINCE_REQUEST.labels(self.spec.name, status).observe(seconds)
 
     async def load_user_state(self, events: list[faust.EventT]) -> None:
         """Before a batch is handled: the per-user state of its partitions, read if not held yet."""
@@ -281,9 +292,11 @@ class StageRuntime:
         return await result if inspect.isawaitable(result) else result
 
     def poison(self, record: Incoming, exc: Exception) -> Outputs:
+        notification_id = record.value.get("notification_id") if isinstance(record.value, dict) else None
+        NOTIFICATION_ID.set(str(notification_id) if notification_id else None)
         log.exception("%s: failed on %s", self.spec.name, record.position)
         out = self.context.outputs()
-        notification_id = record.value.get("notification_id") if isinstance(record.value, dict) else None
+        NOTIFICATION_ID.set(None)
         out.dead_letter(record, "processing_error", f"{type(exc).__name__}: {exc}", notification_id=notification_id)
         return out
 

@@ -9,6 +9,7 @@ I/O of its own, so a unit test calls it with a list of dicts and reads back what
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from streams.topics import DLQ, EVENTS, REJECTED, TopicSpec
 if TYPE_CHECKING:
     from mode import ServiceT
 
-    from streams.tables import CancellationTable, PreferenceTable, StateTable, TemplateTable
+    from streams.tables import CancellationTable, PreferenceTable, ReceiptTable, StateTable, TemplateTable
     from streams.user_state import UserStateTable
 
 
@@ -127,6 +128,9 @@ class Outputs:
         # Pending state writes by (table, key): applied to the tables once the batch's outputs are
         # acknowledged by the broker.
         self.state: dict[tuple[str, str], tuple[StateTable, str, Any]] = {}
+        # (status, reason) → count, and each event's seconds since its request: the metrics.
+        self.tally: Counter[tuple[str, str]] = Counter()
+        self.since_request: list[tuple[str, float]] = []
         # Pending per-user state writes by (table, user key): (table, partition, value).
         self.user_state: dict[tuple[str, str], tuple[UserStateTable, int, Any]] = {}
 
@@ -151,6 +155,8 @@ class Outputs:
 
     def extend(self, other: Outputs) -> None:
         self.records.extend(other.records)
+        self.tally.update(other.tally)
+        self.since_request.extend(other.since_request)
         self.state.update(other.state)
         self.user_state.update(other.user_state)
 
@@ -167,7 +173,10 @@ class Outputs:
 
     def event(self, subject: Mapping[str, Any], status: str, **fields: Any) -> None:
         """A lifecycle event about a notification or a delivery task, to herald.events."""
-        self.send(EVENTS, subject["notification_id"].bytes, lifecycle_event(subject, status, self.stage, **fields))
+        event = lifecycle_event(subject, status, self.stage, **fields)
+        self.send(EVENTS, subject["notification_id"].bytes, event)
+        self.tally[(status, event["error_code"] or "")] += 1
+        self.since_request.append((status, event["latency_ms"] / 1000))
 
     def reject(self, notification: Mapping[str, Any], reason_code: str, detail: str) -> None:
         """Refuse a notification: a Rejection on herald.rejected and a `rejected` lifecycle event."""
@@ -207,6 +216,7 @@ class Outputs:
                           detail=f"{letter['detail']} [original truncated to {kept} of {len(value or b'')} bytes]")
             encoded = self.serde.encode("DeadLetter", letter)
         self.records.append(Outgoing(DLQ, key, encoded))
+        self.tally[("dead_letter", reason_code)] += 1
 
     def put_state(self, table: StateTable, key: str, value: Any) -> None:
         """Write a stage's own state; the runtime produces it (one block per table and batch) with
@@ -239,6 +249,7 @@ class Context:
     templates: TemplateTable | None = None
     preferences: PreferenceTable | None = None
     cancellations: CancellationTable | None = None
+    receipts: ReceiptTable | None = None
     state: dict[str, StateTable] = field(default_factory=dict)
     # Per-user state by changelog topic name (streams/user_state.py).
     user_state: dict[str, UserStateTable] = field(default_factory=dict)
@@ -262,6 +273,11 @@ Handler = Callable[[list[Incoming], Context], "Outputs | Awaitable[Outputs]"]
 Tick = Callable[[Context], "Outputs | Awaitable[Outputs]"]
 
 
+def stage_app_id(settings: Settings, stage: str) -> str:
+    """A stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
+    return f"{settings.app_id}-{stage}"
+
+
 @dataclass(frozen=True)
 class StateSpec:
     """A stage's own state: a compacted topic it writes and folds, entries kept for `ttl_setting`."""
@@ -280,7 +296,7 @@ class StageSpec:
     outputs: tuple[TopicSpec, ...]
     # The batch handler; None for a stage whose work is a service of its own (track's sink).
     handle: Handler | None = None
-    tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences"
+    tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences", "cancellations", "receipts"
     state: tuple[StateSpec, ...] = ()
     # Changelogs of per-user state, partitioned like the inputs (streams/user_state.py).
     user_state: tuple[TopicSpec, ...] = ()
@@ -299,8 +315,7 @@ class StageSpec:
     group: str | None = None
 
     def app_id(self, settings: Settings) -> str:
-        """The stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
-        return f"{settings.app_id}-{self.name}"
+        return stage_app_id(settings, self.name)
 
     def group_id(self, settings: Settings) -> str:
         """The consumer group whose lag is the stage's backlog."""
