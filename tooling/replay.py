@@ -29,6 +29,7 @@ from sinks.clickhouse_client import connect
 from sinks.event_sink import PROJECTIONS, ClickHouseWriter, process
 from sinks.rollups import rebuild
 from streams.codec import bundle, default_serde
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.topics import CATALOG, DLQ, REJECTED, REPLAYED, TopicSpec
 
@@ -53,7 +54,7 @@ def start_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], sin
 
 
 def replay_events(settings: Settings, since: datetime | None, say: Callable[[str], None]) -> Replayed:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = KafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
                              max_poll_records=5000)
     writer = ClickHouseWriter(settings)
     serde = default_serde()
@@ -152,8 +153,8 @@ def replay_refused(settings: Settings, reason: str, stage: str | None, say: Call
     """Send the dead letters and rejections with this reason (and stage) back where they came from,
     each at most once across replays; returns how many went back to each topic."""
     serde = default_serde()
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    consumer = KafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    producer = KafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True,
                              max_request_size=settings.max_message_bytes)
     sent: Counter[str] = Counter()
     try:
