@@ -142,10 +142,11 @@ def reply(model: BaseModel, status: int = 200, headers: dict[str, str] | None = 
 
 
 def operations(app: web.Application) -> list[tuple[str, str, Operation]]:
-    """(method, path, operation) of every route of `app` and its subapps; HEAD goes with its GET."""
+    """(method, path, operation) of every route of `app` and its subapps; HEAD goes with its GET, and
+    static files (the dashboard's bundle) are no operation."""
     found = []
     for route in app.router.routes():
-        if route.method == "HEAD":
+        if route.method == "HEAD" or isinstance(route.resource, web.StaticResource):  # files, not an API
             continue
         operation = getattr(route.handler, OPERATION, None)
         path = route.resource.canonical if route.resource is not None else "?"

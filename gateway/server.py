@@ -5,6 +5,7 @@ POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 DELETE /v1/notifications/{id}   cancel what of it is not sent yet (a scheduled notification)
 GET  /health                    unauthenticated
+GET  /dashboard…                the delivery dashboard (gateway/dashboard.py; the page is public, its data needs the key)
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
@@ -53,6 +54,7 @@ from streams.ids import log_position, member_key, member_position, notification_
 from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
 from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
+from gateway import dashboard
 from gateway.auth import SETTINGS, presented_key, same_key, tenant_of
 from gateway.callbacks import callback_routes
 from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
@@ -386,6 +388,7 @@ class Gateway:
 
         register_inbox(app, self)
         self.api = register_api(app, self)
+        dashboard.register(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -411,7 +414,7 @@ class Gateway:
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in PUBLIC_PATHS or request.path.startswith(SIGNED_PATHS):
+        if request.path in PUBLIC_PATHS or request.path.startswith(SIGNED_PATHS) or dashboard.is_public(request.path):
             return await handler(request)
         if request.path == "/metrics":
             if self.settings.metrics_api_key:

@@ -13,7 +13,7 @@ from clickhouse_driver import Client
 TIMELINE = """
 SELECT event_time_ms, stage, status, channel, provider, attempt, error_code, detail, latency_ms
 FROM notification_events FINAL
-WHERE notification_id = %(notification_id)s
+WHERE notification_id = %(notification_id)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 ORDER BY event_time_ms, stage
 """
 
@@ -77,8 +77,9 @@ LIMIT %(limit)s
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
 
-def timeline(client: Client, notification_id: UUID) -> list[dict[str, Any]]:
-    rows = client.execute(TIMELINE, {"notification_id": str(notification_id)})
+def timeline(client: Client, notification_id: UUID, tenant: str = "") -> list[dict[str, Any]]:
+    """The notification's events in order; only when it is `tenant`'s, when one is given."""
+    rows = client.execute(TIMELINE, {"notification_id": str(notification_id), "tenant": tenant})
     return [dict(zip(COLUMNS, row)) for row in rows]
 
 

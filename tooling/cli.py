@@ -20,10 +20,12 @@ topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=Tr
 templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
 prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
 inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas (schemas/) and the schema registry.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(inbox_app, name="inbox")
+app.add_typer(schemas_app, name="schemas")
 console = Console()
 
 
@@ -37,6 +39,22 @@ def topics_create() -> None:
     console.print(f"[green]{len(created)} created[/], {len(CATALOG) - len(created)} already there")
     for name in created:
         console.print(f"  + {name}")
+
+
+@schemas_app.command("register")
+def schemas_register() -> None:
+    """Register every schema (kept versions first, then the current one) with the Confluent-compatible
+    registry at HERALD_SCHEMA_REGISTRY_URL, under its full name (RecordNameStrategy)."""
+    from streams.codec import default_serde
+
+    settings = get_settings()
+    if not settings.schema_registry_url:
+        console.print("[red]HERALD_SCHEMA_REGISTRY_URL is not set[/]")
+        raise typer.Exit(1)
+    ids = default_serde().register_all()
+    console.print(f"[green]{len(ids)} subjects registered[/] at {settings.schema_registry_url}")
+    for subject, schema_id in ids.items():
+        console.print(f"  {subject}  id {schema_id}")
 
 
 @app.command()
@@ -376,7 +394,28 @@ def replay_events(
     with console.status("replaying…") as status:
         done = replay(get_settings(), since, status.update)
     console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
-                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible; "
+                  f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
+
+
+@replay_app.command("rollups")
+def replay_rollups(
+    since: Annotated[Optional[datetime], typer.Option(help="Recompute the days with events from this time on (UTC "
+                                                           "unless it says); default: every day.")] = None,
+) -> None:
+    """Recompute the dashboard's per-minute rollups from the stored events (with FINAL): after a stage
+    processed messages again (its repeated events collapse in notification_events, the views counted them)."""
+    from sinks.clickhouse_client import connect
+    from sinks.rollups import rebuild
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    client = connect(get_settings())
+    try:
+        days = rebuild(client, since)
+    finally:
+        client.disconnect()
+    console.print(f"[green]✓[/] rollups recomputed for {len(days)} day(s): {', '.join(map(str, days)) or 'none'}")
 
 
 @replay_app.command("dlq")
