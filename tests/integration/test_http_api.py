@@ -16,6 +16,7 @@ from xml.etree import ElementTree
 import httpx
 import pytest
 
+from gateway import dashboard
 from schemas.models import LifecycleEvent
 from sinks.clickhouse_client import connect
 from sinks.event_sink import EVENTS_PROJECTION, event_to_row
@@ -131,6 +132,7 @@ def test_scheduled_deliveries_are_listed_until_sent_or_cancelled(gateway: Settin
 
 def test_schemathesis_finds_no_server_error_and_nothing_the_document_does_not_say(gateway: Settings,
                                                                                    tmp_path: Path) -> None:
+    assert dashboard.BUNDLE.exists(), "run `make assets`: without its bundle the dashboard's page is a 503"
     st = Path(sys.executable).parent / "st"
     junit = tmp_path / "junit.xml"
     done = subprocess.run(
