@@ -22,6 +22,7 @@ from typing import Any
 
 from jinja2 import Template, nodes
 
+from agents.caps import cap_problems
 from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
 from streams.stage import Context, Incoming, Outputs, StageSpec, user_key
 from streams.topics import DIGEST, EVENTS, REJECTED, RENDERED, VALIDATED
@@ -121,27 +122,26 @@ def unsafe_html(source: str) -> str | None:
     return None
 
 
-def digest_problems(template: Mapping[str, Any], name: str) -> list[str]:
+def digest_problems(template: Mapping[str, Any]) -> list[str]:
     """Why a template's digest could not work: a window or size under 1, a key it does not declare."""
     digest = template.get("digest")
     if digest is None:
         return []
-    problems = [f"{name}, digest: {field} is {digest[field]}; at least 1"
-                for field in ("window_s", "max_items") if digest[field] < 1]
+    problems = [f"{field} is {digest[field]}; at least 1" for field in ("window_s", "max_items") if digest[field] < 1]
     if digest["key"] is not None and digest["key"] not in template["variables"]:
-        problems.append(f"{name}, digest: key '{digest['key']}' is not one of the template's variables "
+        problems.append(f"key '{digest['key']}' is not one of the template's variables "
                         f"({', '.join(template['variables']) or 'none'})")
     return problems
 
 
 def template_problems(template: Mapping[str, Any], allow_unsafe_html: bool = False) -> list[str]:
     """Why a TemplateUpserted must not be published (`herald templates put`): a part that does not
-    compile (with the stage's own `compiled`), an HTML part that prints text unescaped, or a digest
-    that could not work."""
+    compile (with the stage's own `compiled`), an HTML part that prints text unescaped, a frequency
+    cap under 1 (agents/caps.py), or a digest that could not work."""
     if template.get("deleted"):
         return []
     name = f"template '{template['template_id']}' v{template['version']} ({template.get('locale', 'en')})"
-    problems = digest_problems(template, name)
+    problems = cap_problems(template) + [f"{name}, digest: {message}" for message in digest_problems(template)]
     for part in template["parts"]:
         for field in FIELDS:
             source = part.get(field)

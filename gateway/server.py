@@ -5,12 +5,16 @@ POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 DELETE /v1/notifications/{id}   cancel what of it is not sent yet (a scheduled notification)
 GET  /health                    unauthenticated
+GET  /dashboard…                the delivery dashboard (gateway/dashboard.py; the page is public, its data needs the key)
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
 GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; the API key or the user's token)
-Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
-key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+/v1/templates…, /v1/preferences…, /v1/scheduled  what the CLI does, tenant-scoped (gateway/api.py)
+GET  /openapi.json              the OpenAPI 3.1 document of every route (gateway/openapi.py), unauthenticated
+Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`; gateway/auth.py),
+and each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+Each route is registered with an Operation (gateway/openapi.py) whose models check its inputs.
 
 What a request may hold is bounded here, before anything is produced (docs/architecture.md
 section 5 has the table): string lengths per field, variables, metadata, recipients per batch.
@@ -18,9 +22,8 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
-import hmac
-import logging
 import json
+import logging
 import math
 import re
 import time
@@ -28,10 +31,12 @@ import uuid
 from collections.abc import Callable
 from copy import copy
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from importlib.metadata import version
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
@@ -42,27 +47,29 @@ from schemas.models import (BatchRecipient, Channel, NotificationBatch, Notifica
 from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
+from clickhouse_driver.errors import Error as ClickHouseError
 from sinks.clickhouse_client import connect
 from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
-from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
+from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
+from gateway import dashboard
+from gateway.auth import SETTINGS, presented_key, same_key, tenant_of
 from gateway.callbacks import callback_routes
+from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
+                            capped)
+from gateway.openapi import (MAX_BODY_BYTES, NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, document, endpoint,
+                             reply)
 from gateway.tracking import tracking_routes
+from gateway.writes import unhonoured
 
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
-REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gateway", ["reason"])
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
 # Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
 # The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself.
 USERS_PATH = "/v1/users/"
 SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH)
-# A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
-MAX_REPORTED_ERRORS = 50
-# A field path names a map key as it was sent; past this many characters it is cut.
-MAX_PATH_PART_CHARS = 64
+PUBLIC_PATHS = ("/health", "/openapi.json")
 
 
 # --- What a request may hold ------------------------------------------------------------------------------
@@ -80,6 +87,8 @@ MAX_PUSH_TOKEN_CHARS = 4096
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_CHANNELS = len(Channel)
+
+T = TypeVar("T")
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -180,31 +189,6 @@ def batch_model(max_recipients: int) -> Any:
 # --- Responses ---------------------------------------------------------------------------------------------
 
 
-def json_error(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> web.Response:
-    REFUSED.labels(error).inc()
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
-
-
-def path_part(part: Any) -> str:
-    text = str(part)
-    return text if len(text) <= MAX_PATH_PART_CHARS else f"{text[:MAX_PATH_PART_CHARS]}…"
-
-
-def capped(problems: list[dict[str, str]], total: int | None = None) -> list[dict[str, str]]:
-    """At most MAX_REPORTED_ERRORS problems, and a last entry that says how many were left out."""
-    total = len(problems) if total is None else total
-    if total <= MAX_REPORTED_ERRORS:
-        return problems
-    return [*problems[:MAX_REPORTED_ERRORS],
-            {"field": "(more)", "message": f"{total - MAX_REPORTED_ERRORS} more problems not shown"}]
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    return capped([{"field": ".".join(path_part(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
-                   for err in errors[:MAX_REPORTED_ERRORS]], len(errors))
-
-
 def parse(model: type[BaseModel], body: bytes) -> BaseModel | web.Response:
     try:
         return model.model_validate_json(body)
@@ -263,16 +247,6 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
 # --- Keys and rates ----------------------------------------------------------------------------------------
 
 
-def presented_key(request: web.Request) -> str:
-    return request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-
-
-def same_key(presented: str, expected: str) -> bool:
-    """In constant time (for keys of one length); never true for an empty key."""
-    return bool(expected) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
-                                                  expected.encode("utf-8", "surrogatepass"))
-
-
 class RateLimiter:
     """A token bucket per API key, in this process's memory: `rate` requests a second, `burst` at once.
 
@@ -299,11 +273,62 @@ class RateLimiter:
         return (1 - tokens) / self.rate
 
 
-async def read_body(request: web.Request) -> bytes | web.Response:
+# --- Responses ---------------------------------------------------------------------------------------------
+
+
+class NotificationPath(BaseModel):
+    id: uuid.UUID
+    """The notification's id, as the gateway answered it."""
+
+
+class Accepted(BaseModel):
+    notification_id: uuid.UUID
+
+
+class BatchAccepted(BaseModel):
+    notification_ids: list[uuid.UUID]
+
+
+class TimelineEvent(BaseModel):
+    at_ms: int
+    """When, in milliseconds since 1970 (UTC)."""
+    stage: str
+    status: str
+    channel: str
+    """The channel, or "" for events about no channel (accepted, rejected, …)."""
+    provider: str
+    attempt: int
+    error_code: str
+    detail: str
+    latency_ms: int | None
+
+
+class Status(BaseModel):
+    notification_id: uuid.UUID
+    status: str
+    """The latest event's status."""
+    timeline: list[TimelineEvent]
+
+
+class Cancelled(BaseModel):
+    notification_id: uuid.UUID
+    cancelled: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, a method a route does not take) in the gateway's error body."""
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason,
+                          headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
 class Gateway:
@@ -322,20 +347,48 @@ class Gateway:
         self.batch_model = batch_model(settings.gateway_max_batch_recipients)
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
         self.kafka = RenewingProducer(settings, linger_ms=2)
+        self.document: str | None = None  # /openapi.json
 
     def web_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
-        app.router.add_post("/v1/notifications", self.post_notification)
-        app.router.add_post("/v1/notifications/batch", self.post_batch)
-        app.router.add_get("/v1/notifications/{id}", self.get_notification)
-        app.router.add_delete("/v1/notifications/{id}", self.cancel_notification)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
+        app = web.Application(middlewares=[errors_as_json, self.require_api_key], client_max_size=MAX_BODY_BYTES)
+        app[SETTINGS] = self.settings
+        unavailable = {**UNAVAILABLE}
+        tags = ("notifications",)
+        app.router.add_post("/v1/notifications", endpoint(Operation(
+            "Send one notification", {202: Reply("Kafka has the request; the id ingest will stamp", Accepted),
+                                      **unavailable},
+            body=self.request_model, tags=tags), self.post_notification))
+        app.router.add_post("/v1/notifications/batch", endpoint(Operation(
+            "Send one template to many recipients",
+            {202: Reply("Kafka has the batch; the ids ingest will stamp, in the recipients' order", BatchAccepted),
+             **unavailable}, body=self.batch_model, tags=tags), self.post_batch))
+        app.router.add_get("/v1/notifications/{id}", endpoint(Operation(
+            "A notification's status and timeline (from ClickHouse)",
+            {200: Reply("its lifecycle events, oldest first", Status), **NOT_FOUND, **unavailable},
+            path=NotificationPath, tags=tags), self.get_notification))
+        app.router.add_delete("/v1/notifications/{id}", endpoint(Operation(
+            "Cancel what of a notification is not sent yet (a scheduled one, one waiting for a retry)",
+            {202: Reply("Kafka has the cancellation", Cancelled), **unavailable}, path=NotificationPath,
+            tags=("notifications", "scheduled")), self.cancel_notification))
+        app.router.add_get("/health", endpoint(Operation("Liveness", {200: Reply("the gateway runs", Health)},
+                                                         security=()), self.health))
+        app.router.add_get("/metrics", endpoint(Operation(
+            "Prometheus metrics", {200: Reply("the metrics, in Prometheus' text format", media="text/plain"),
+                                   401: Reply("no metrics key, or a wrong one", ErrorBody),
+                                   403: Reply("metrics are not served: no metrics key is set and they are not public",
+                                              ErrorBody)},
+            security=({"bearer": []}, {"apiKey": []}, {})), self.metrics))
+        app.router.add_get("/openapi.json", endpoint(Operation(
+            "This document", {200: Reply("the OpenAPI 3.1 document of every route", media="application/json")},
+            security=()), self.openapi))
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
-        app.router.add_routes(callback_routes(self.settings, self.publish_event))
-        from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
+        app.router.add_routes(callback_routes(self.settings, self.publish_event, self.publish_receipt))
+        from gateway.api import register as register_api  # here: gateway.api and gateway.inbox import this module
+        from gateway.inbox import register as register_inbox
 
         register_inbox(app, self)
+        self.api = register_api(app, self)
+        dashboard.register(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -353,9 +406,15 @@ class Gateway:
         except (KafkaError, asyncio.TimeoutError):
             REFUSED.labels("event_unpublished").inc()
 
+    async def publish_receipt(self, receipt: dict[str, Any]) -> None:
+        """A provider's delivery report on herald.receipts; raises when Kafka does not take it."""
+        key = f"{receipt['notification_id']}/{receipt['channel']}".encode()
+        value = self.serde.encode("DeliveryReceipt", receipt)
+        await self.kafka.send(RECEIPTS.name, value, key, self.settings.gateway_produce_timeout_s)
+
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/health" or request.path.startswith(SIGNED_PATHS):
+        if request.path in PUBLIC_PATHS or request.path.startswith(SIGNED_PATHS) or dashboard.is_public(request.path):
             return await handler(request)
         if request.path == "/metrics":
             if self.settings.metrics_api_key:
@@ -366,10 +425,11 @@ class Gateway:
                                   "set HERALD_METRICS_API_KEY (scrapers send it as a bearer token) "
                                   "or HERALD_METRICS_PUBLIC=true")
             return await handler(request)
-        presented = presented_key(request)
-        if not same_key(presented, self.settings.api_key):
+        try:
+            tenant_of(request)
+        except web.HTTPUnauthorized:
             return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
-        wait = self.limiter.wait(presented)
+        wait = self.limiter.wait(presented_key(request))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             return json_error(429, "rate_limited",
@@ -377,89 +437,90 @@ class Gateway:
                               f"retry in {seconds} s", headers={"Retry-After": str(seconds)})
         return await handler(request)
 
+    async def send(self, topic: str, key: bytes, value: bytes, what: str) -> RecordMetadata | web.Response:
+        """One record on `topic` once the broker has it; else the error response (413 for a record over
+        the size every producer and topic holds, 503 while Kafka does not take it)."""
+        size = len(value) + len(key)
+        if size > self.settings.max_record_bytes:
+            return json_error(413, "too_large", f"the {what} is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
+        try:
+            return await self.kafka.send(topic, value, key, self.settings.gateway_produce_timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a record the broker does not have
+            return json_error(503, "unavailable", f"Kafka did not take the {what}: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+
+    async def query(self, query: Callable[..., T], *args: Any) -> T | web.Response:
+        """`query(client, *args)` on the gateway's ClickHouse connection; 503 while ClickHouse does not answer."""
+        try:
+            async with self.clickhouse_lock:
+                return await asyncio.to_thread(query, self.clickhouse, *args)
+        except (ClickHouseError, OSError) as exc:
+            return json_error(503, "unavailable", f"ClickHouse did not answer: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+
     async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID] | web.Response:
         """The ids ingest will stamp, once the broker has the request; else the error response."""
         if request.requested_at is None:
             request.requested_at = datetime.now(timezone.utc)
-        value = self.serde.encode(request.AVRO_NAME, request.to_avro())
-        key = kafka_key(request)
-        size = len(value) + len(key or b"")
-        if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
-            return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
-        try:
-            metadata = await self.kafka.send(REQUESTS.name, value, key, self.settings.gateway_produce_timeout_s)
-        except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a request the broker does not have
-            return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}",
-                              headers={"Retry-After": "1"})
+        metadata = await self.send(REQUESTS.name, kafka_key(request),
+                                   self.serde.encode(request.AVRO_NAME, request.to_avro()), "request")
+        if isinstance(metadata, web.Response):
+            return metadata
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
-    async def post_notification(self, request: web.Request) -> web.Response:
-        body = await read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        parsed = parse(self.request_model, body)
-        if isinstance(parsed, web.Response):
-            return parsed
-        ids = await self.produce(parsed)
+    async def post_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
+        problems = unhonoured(inputs.body)
+        if problems:
+            return invalid(problems)
+        ids = await self.produce(inputs.body)
         if isinstance(ids, web.Response):
             return ids
         ACCEPTED.labels("single").inc()
-        return web.json_response({"notification_id": str(ids[0])}, status=202)
+        return reply(Accepted(notification_id=ids[0]), status=202)
 
-    async def post_batch(self, request: web.Request) -> web.Response:
-        body = await read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        parsed = parse(self.batch_model, body)
-        if isinstance(parsed, web.Response):
-            return parsed
+    async def post_batch(self, request: web.Request, inputs: Inputs) -> web.Response:
+        parsed = inputs.body
         if not parsed.recipients:
-            return json_error(422, "invalid_request", [{"field": "recipients", "message": "at least one recipient"}])
-        duplicates = duplicate_member_keys(parsed)
-        if duplicates:
-            return json_error(422, "invalid_request", duplicates)
+            return invalid([{"field": "recipients", "message": "at least one recipient"}])
+        problems = duplicate_member_keys(parsed) or capped(unhonoured(parsed))
+        if problems:
+            return invalid(problems)
         ids = await self.produce(parsed)
         if isinstance(ids, web.Response):
             return ids
         ACCEPTED.labels("batch").inc(len(ids))
-        return web.json_response({"notification_ids": [str(i) for i in ids]}, status=202)
+        return reply(BatchAccepted(notification_ids=ids), status=202)
 
-    async def get_notification(self, request: web.Request) -> web.Response:
-        try:
-            wanted = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            return json_error(422, "invalid_id", "notification id must be a UUID")
-        async with self.clickhouse_lock:
-            events = await asyncio.to_thread(timeline, self.clickhouse, wanted)
+    async def get_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
+        wanted = inputs.path.id
+        events = await self.query(timeline, wanted)
+        if isinstance(events, web.Response):
+            return events
         if not events:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
-        return web.json_response(
-            {"notification_id": str(wanted), "status": events[-1]["status"], "timeline": events},
-            dumps=lambda obj: json.dumps(obj, default=str),
-        )
+        return reply(Status(notification_id=wanted, status=events[-1]["status"], timeline=events))
 
-    async def cancel_notification(self, request: web.Request) -> web.Response:
+    async def cancel_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
         """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
         it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it."""
-        try:
-            wanted = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            return json_error(422, "invalid_id", "notification id must be a UUID")
-        record = NotificationCancelled(notification_id=wanted, tenant=request.query.get("tenant", "default"),
+        wanted = inputs.path.id
+        record = NotificationCancelled(notification_id=wanted, tenant=tenant_of(request),
                                        cancelled_at=datetime.now(timezone.utc))
-        try:
-            await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), wanted.bytes,
-                                  self.settings.gateway_produce_timeout_s)
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            return json_error(503, "unavailable", f"Kafka did not take the cancellation: {type(exc).__name__}",
-                              headers={"Retry-After": "1"})
-        return web.json_response({"notification_id": str(wanted), "cancelled": True}, status=202)
+        sent = await self.send(CANCELLATIONS.name, wanted.bytes, self.serde.encode_model(record), "cancellation")
+        if isinstance(sent, web.Response):
+            return sent
+        return reply(Cancelled(notification_id=wanted, cancelled=True), status=202)
 
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def health(self, request: web.Request, inputs: Inputs) -> web.Response:
+        return reply(Health(status="ok"))
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request, inputs: Inputs) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request, inputs: Inputs) -> web.Response:
+        if self.document is None:  # made on its first request: the routes are fixed by then
+            self.document = json.dumps(document(request.app, "Herald gateway", version("herald")))
+        return web.Response(text=self.document, content_type="application/json")
 
 
 def serve(settings: Settings | None = None) -> None:

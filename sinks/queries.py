@@ -13,7 +13,7 @@ from clickhouse_driver import Client
 TIMELINE = """
 SELECT event_time_ms, stage, status, channel, provider, attempt, error_code, detail, latency_ms
 FROM notification_events FINAL
-WHERE notification_id = %(notification_id)s
+WHERE notification_id = %(notification_id)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 ORDER BY event_time_ms, stage
 """
 
@@ -67,12 +67,37 @@ WHERE notification_id IN %(ids)s AND status = 'digested'
 FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered", "expired",
                             "opened", "clicked", "read", "digested"})
 
+# Deliveries waiting for their send_at: a `scheduled` event on a channel and no final status there yet.
+# The caller leaves out what was cancelled (deliver records those only once they are due).
+SCHEDULED = """
+SELECT toString(notification_id), channel, any(template), any(category),
+       anyIf(detail, status = 'scheduled'), min(event_time_ms) AS at_ms
+FROM notification_events FINAL
+WHERE tenant = %(tenant)s
+  AND notification_id IN (SELECT notification_id FROM notification_events WHERE tenant = %(tenant)s AND status = 'scheduled')
+  AND toString(notification_id) NOT IN %(cancelled)s
+GROUP BY notification_id, channel
+HAVING countIf(status = 'scheduled') > 0 AND countIf(status IN %(final)s) = 0
+ORDER BY at_ms, channel
+LIMIT %(limit)s
+"""
+
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
 
-def timeline(client: Client, notification_id: UUID) -> list[dict[str, Any]]:
-    rows = client.execute(TIMELINE, {"notification_id": str(notification_id)})
+def timeline(client: Client, notification_id: UUID, tenant: str = "") -> list[dict[str, Any]]:
+    """The notification's events in order; only when it is `tenant`'s, when one is given."""
+    rows = client.execute(TIMELINE, {"notification_id": str(notification_id), "tenant": tenant})
     return [dict(zip(COLUMNS, row)) for row in rows]
+
+
+def scheduled(client: Client, tenant: str, limit: int, cancelled: Sequence[str]) -> list[dict[str, Any]]:
+    """The tenant's deliveries still waiting for their send_at, first scheduled first; at most `limit`."""
+    rows = client.execute(SCHEDULED, {"tenant": tenant, "limit": limit, "final": tuple(FINAL_STATUSES),
+                                      # never empty: `NOT IN ()` is not SQL
+                                      "cancelled": (*cancelled, "")})
+    return [dict(zip(("notification_id", "channel", "template_id", "category", "detail", "scheduled_at_ms"), row))
+            for row in rows]
 
 
 def counts(client: Client, seconds: int) -> list[tuple[str, str, int]]:

@@ -9,6 +9,7 @@ from operator import attrgetter
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 
 CHANNELS = ("email", "sms", "push", "in_app", "chat")
@@ -62,6 +63,10 @@ DIGEST_USERS = TopicSpec("herald.state.digest.users", (),
                          compacted=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
+# Kept `receipts_retention_ms` (a day): a receipt matters only until a fallback's wait is over.
+RECEIPTS = TopicSpec("herald.receipts", ("DeliveryReceipt",),
+                     "the gateway produces from providers' status callbacks; deliver's receipt table folds it",
+                     retention_setting="receipts_retention_ms")
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
 EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
@@ -87,6 +92,10 @@ REPLAYED = TopicSpec("herald.state.replayed", (),
                      compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
+# Per-user state (streams/user_state.py), partitioned like herald.rendered: one record per user.
+ROUTE_USERS = TopicSpec("herald.state.route.users", (),
+                        "route writes and reads back by partition: each user's recent sends per category and "
+                        "channel, for frequency caps (JSON, internal)", compacted=True)
 DELIVER = tuple(
     TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes",
               bundled=True)
@@ -101,8 +110,8 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, DIGEST, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, DIGEST_USERS,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, DIGEST, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS,
+    TEMPLATES, PREFERENCES, CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS, DIGEST_USERS,
 )
 
 
@@ -115,7 +124,7 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
 
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
     """Create every topic of `specs` (the catalog) that does not exist yet; returns the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
+    admin = KafkaAdminClient(**client_kwargs(settings), client_id="herald-admin")
     try:
         existing = set(admin.list_topics())
         missing = [

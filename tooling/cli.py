@@ -20,10 +20,12 @@ topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=Tr
 templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
 prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
 inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas (schemas/) and the schema registry.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(inbox_app, name="inbox")
+app.add_typer(schemas_app, name="schemas")
 console = Console()
 
 
@@ -37,6 +39,22 @@ def topics_create() -> None:
     console.print(f"[green]{len(created)} created[/], {len(CATALOG) - len(created)} already there")
     for name in created:
         console.print(f"  + {name}")
+
+
+@schemas_app.command("register")
+def schemas_register() -> None:
+    """Register every schema (kept versions first, then the current one) with the Confluent-compatible
+    registry at HERALD_SCHEMA_REGISTRY_URL, under its full name (RecordNameStrategy)."""
+    from streams.codec import default_serde
+
+    settings = get_settings()
+    if not settings.schema_registry_url:
+        console.print("[red]HERALD_SCHEMA_REGISTRY_URL is not set[/]")
+        raise typer.Exit(1)
+    ids = default_serde().register_all()
+    console.print(f"[green]{len(ids)} subjects registered[/] at {settings.schema_registry_url}")
+    for subject, schema_id in ids.items():
+        console.print(f"  {subject}  id {schema_id}")
 
 
 @app.command()
@@ -129,19 +147,18 @@ def templates_put(
 ) -> None:
     """Publish templates to herald.templates, once every part compiles and no HTML part prints text
     unescaped (unless --allow-unsafe-html); otherwise publish nothing."""
-    from agents.template import template_problems
-    from schemas.models import TemplateUpserted
+    from gateway.writes import Refused, build_template, template_entry
     from tooling.producer import publish
-    from streams.tables import template_key
 
     documents = json.loads(path.read_text())
     records = []
     problems = []
-    for document in documents if isinstance(documents, list) else [documents]:
-        document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
-        template = TemplateUpserted.model_validate(document)
-        problems += template_problems(template.model_dump(), allow_unsafe_html)
-        records.append((template_key(template.template_id, template.locale, template.version), template))
+    for index, document in enumerate(documents if isinstance(documents, list) else [documents]):
+        try:
+            records.append(template_entry(build_template(document, allow_unsafe_html)))
+        except Refused as exc:
+            problems += [f"template {index} ({document.get('template_id')!r}), {p['field']}: {p['message']}"
+                         for p in exc.problems]
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {escape(problem)}")
@@ -160,24 +177,37 @@ def prefs_set(
     push_token: Annotated[list[str], typer.Option(help="A device's push token (apns:…, fcm:… or webpush:…); repeatable.")] = [],
     chat_webhook: Annotated[Optional[str], typer.Option(help="Chat webhook URL (Slack incoming webhook or a signed generic one).")] = None,
     locale: Annotated[Optional[str], typer.Option(help="BCP 47 locale.")] = None,
-    time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone.")] = None,
+    time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone, e.g. Asia/Tokyo (quiet hours are read in it).")] = None,
+    quiet_hours: Annotated[Optional[str], typer.Option(
+        help="HH:MM-HH:MM in the user's time zone, e.g. 22:00-07:00: notifications wait until its end "
+             "(not priority high, not critical templates).")] = None,
     opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
     tenant: str = "default",
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per user)."""
-    from schemas.models import PreferencesUpdated
+    from agents.quiet_hours import parse_window
+    from gateway.writes import Refused, build_preferences, preferences_entry
     from tooling.producer import publish
 
+    try:
+        window = parse_window(quiet_hours) if quiet_hours is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet-hours") from exc
     opt_outs = []
     for item in opt_out:
         category, _, channel = item.partition(":")
         opt_outs.append({"category": category, "channel": channel})
-    preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
-        "chat_webhook": chat_webhook, "locale": locale,
-        "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
-    })
-    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    try:
+        preferences = build_preferences({
+            "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
+            "chat_webhook": chat_webhook, "locale": locale, "time_zone": time_zone, "opt_outs": opt_outs,
+            "quiet_hours": {"start": window[0], "end": window[1]} if window else None,
+        })
+    except Refused as exc:
+        for problem in exc.problems:
+            console.print(f"[red]✗[/] {escape(problem['field'])}: {escape(problem['message'])}")
+        raise typer.Exit(1)
+    publish(PREFERENCES, [preferences_entry(preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
 
@@ -334,7 +364,8 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
 def cancel(
     notification_id: Annotated[Optional[str], typer.Argument(help="The notification's id.")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Or the idempotency key it was sent with.")] = None,
-    tenant: str = "default",
+    tenant: Annotated[str, typer.Option(help="The tenant it was sent as (with --idempotency-key: its id depends on it); "
+                                             "the gateway takes the tenant from the API key.")] = "default",
 ) -> None:
     """Cancel a notification that is not sent yet (a scheduled one), by id or idempotency key."""
     import httpx
@@ -347,7 +378,7 @@ def cancel(
     wanted = notification_id or str(id_of(tenant, idempotency_key, ""))
     settings = get_settings()
     response = httpx.delete(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{wanted}",
-                            params={"tenant": tenant}, headers={"X-API-Key": settings.api_key}, timeout=10)
+                            headers={"X-API-Key": settings.api_key}, timeout=10)
     if response.status_code != 202:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
@@ -371,7 +402,28 @@ def replay_events(
     with console.status("replaying…") as status:
         done = replay(get_settings(), since, status.update)
     console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
-                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible; "
+                  f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
+
+
+@replay_app.command("rollups")
+def replay_rollups(
+    since: Annotated[Optional[datetime], typer.Option(help="Recompute the days with events from this time on (UTC "
+                                                           "unless it says); default: every day.")] = None,
+) -> None:
+    """Recompute the dashboard's per-minute rollups from the stored events (with FINAL): after a stage
+    processed messages again (its repeated events collapse in notification_events, the views counted them)."""
+    from sinks.clickhouse_client import connect
+    from sinks.rollups import rebuild
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    client = connect(get_settings())
+    try:
+        days = rebuild(client, since)
+    finally:
+        client.disconnect()
+    console.print(f"[green]✓[/] rollups recomputed for {len(days)} day(s): {', '.join(map(str, days)) or 'none'}")
 
 
 @replay_app.command("dlq")
