@@ -494,6 +494,23 @@ def demo(
     report(minutes=60)
 
 
+@app.command("state-size")
+def state_size(
+    users: Annotated[int, typer.Option(help="How many users to fill the tables with.")] = 100_000,
+) -> None:
+    """Memory per user of route's per-user state (frequency caps) and of the preference table."""
+    from tooling.state_size import preference_bytes, route_state_bytes
+
+    settings = get_settings()
+    memory, changelog = route_state_bytes(settings, users)
+    preferences = preference_bytes(settings, users)
+    console.print(f"{users:,} users, route's cap state (3 sends on 2 channels each): {memory / 2**20:.0f} MB in memory "
+                  f"({memory / users:.0f} B a user), {changelog / 2**20:.0f} MB of changelog values; "
+                  f"held by the worker of each user's partition only")
+    console.print(f"{users:,} users' preferences (folded whole by route and the gateway): {preferences / 2**20:.0f} MB "
+                  f"({preferences / users:.0f} B a user)")
+
+
 @app.command()
 def bench(
     notifications: Annotated[int, typer.Option(help="How many notifications.")] = 10_000,
