@@ -498,8 +498,9 @@ def demo(
 def state_size(
     users: Annotated[int, typer.Option(help="How many users to fill the tables with.")] = 100_000,
 ) -> None:
-    """Memory per user of route's per-user state (frequency caps) and of the preference table."""
-    from tooling.state_size import preference_bytes, route_state_bytes
+    """Memory per user of route's and digest's per-user state (frequency caps, open digest windows) and
+    of the preference table."""
+    from tooling.state_size import digest_state_bytes, preference_bytes, route_state_bytes
 
     settings = get_settings()
     memory, changelog = route_state_bytes(settings, users)
@@ -507,6 +508,10 @@ def state_size(
     console.print(f"{users:,} users, route's cap state (3 sends on 2 channels each): {memory / 2**20:.0f} MB in memory "
                   f"({memory / users:.0f} B a user), {changelog / 2**20:.0f} MB of changelog values; "
                   f"held by the worker of each user's partition only")
+    windows, window_changelog = digest_state_bytes(settings, users)
+    console.print(f"{users:,} users, digest's open windows (one of 10 comments each): {windows / 2**20:.0f} MB in memory "
+                  f"({windows / users:.0f} B a user), {window_changelog / 2**20:.0f} MB of changelog values; held "
+                  f"by the worker of each user's partition only, and only while a window is open")
     console.print(f"{users:,} users' preferences (folded whole by route and the gateway): {preferences / 2**20:.0f} MB "
                   f"({preferences / users:.0f} B a user)")
 
