@@ -15,6 +15,10 @@ notification, so a window closed again after a crash (digest sent, window not ye
 the same id, which deliver's delivered table sends once. A closed window's notification ids are
 remembered for `digest_sent_memory_s`, so one read again after its window closed (its offset was
 not committed before a crash) is not sent in a second digest.
+
+A notification cancelled (herald.cancellations, folded here as deliver folds it) before its digest
+goes is left out of it, with a `suppressed` event (code `cancelled`); a digest all of whose
+notifications were cancelled is not sent.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import uuid
+from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
@@ -57,14 +62,14 @@ def item_bytes(notification: dict[str, Any]) -> int:
     return len(json.dumps(notification["variables"]))
 
 
-def digest_notification(window: dict[str, Any], now: datetime) -> dict[str, Any]:
-    """The Notification a closed window becomes: the first notification's fields and every item."""
+def digest_notification(window: dict[str, Any], items: list[dict[str, str]], now: datetime) -> dict[str, Any]:
+    """The Notification a closed window becomes: the first notification's fields and the items."""
     return {
         **window["first"],
         "notification_id": uuid.UUID(window["id"]),
         "batch_id": None,
         "idempotency_key": None,
-        "digest_items": list(window["items"].values()),
+        "digest_items": items,
         "send_at": None,
         "expires_at": None,
         "requested_at": None,
@@ -87,10 +92,10 @@ class Windows:
         return {"open": self.open, "sent": self.sent} if self.open or self.sent else None
 
     def close(self, key: str, now: datetime, memory_s: float) -> dict[str, Any]:
-        """Close a window; returns its digest."""
+        """Close a window and remember its notifications; returns it."""
         window = self.open.pop(key)
         self.sent[window["id"]] = {"until": now.timestamp() + memory_s, "ids": list(window["items"])}
-        return digest_notification(window, now)
+        return window
 
     def due(self, now: datetime) -> list[str]:
         return [key for key, window in self.open.items() if window["due_at"] <= now.timestamp()]
@@ -112,7 +117,7 @@ def next_due(value: dict[str, Any]) -> float:
 
 def gather(windows: Windows, notification: dict[str, Any], spec: dict[str, Any], user: str, now: datetime,
            max_bytes: int, memory_s: float) -> tuple[str, list[dict[str, Any]]]:
-    """Put a notification in its window: the digest id it is gathered into, and the digests closed
+    """Put a notification in its window: the digest id it is gathered into, and the windows closed
     (its window when full; before that, the window it would make too big for one record)."""
     nid = str(notification["notification_id"])
     sent_in = windows.sent_in(nid)
@@ -135,14 +140,25 @@ def gather(windows: Windows, notification: dict[str, Any], spec: dict[str, Any],
     return window["id"], closed
 
 
-def send_digests(out: Outputs, digests: list[dict[str, Any]]) -> None:
-    for digest in digests:
-        out.send(VALIDATED, digest["notification_id"].bytes, digest)
-        out.event(digest, "accepted", detail=f"digest of {len(digest['digest_items'])} notifications")
+def send_digests(out: Outputs, closed: list[dict[str, Any]], now: datetime, cancelled: Container[uuid.UUID]) -> None:
+    """Each closed window's digest, less the notifications cancelled since they were gathered (with a
+    `suppressed` event each); none when every one of them was."""
+    for window in closed:
+        items = []
+        for nid, variables in window["items"].items():
+            if uuid.UUID(nid) in cancelled:
+                gathered = {**window["first"], "notification_id": uuid.UUID(nid), "requested_at": None, "received_at": now}
+                out.event(gathered, "suppressed", error_code="cancelled", detail=f"cancelled before digest {window['id']} went")
+            else:
+                items.append(variables)
+        if items:
+            digest = digest_notification(window, items, now)
+            out.send(VALIDATED, digest["notification_id"].bytes, digest)
+            out.event(digest, "accepted", detail=f"digest of {len(items)} notifications")
 
 
 def gather_all(batch: list[Incoming], context: Context) -> Outputs:
-    assert context.templates is not None
+    assert context.templates is not None and context.cancellations is not None
     out = context.outputs()
     table = context.user_state[DIGEST_USERS.name]
     settings = context.settings
@@ -158,17 +174,21 @@ def gather_all(batch: list[Incoming], context: Context) -> Outputs:
         if spec is None:  # no digest any more (or no template): the template stage renders it alone
             out.send(VALIDATED, notification["notification_id"].bytes, notification)
             continue
+        if notification["notification_id"] in context.cancellations:
+            out.event(notification, "suppressed", error_code="cancelled", detail="cancelled before it was gathered")
+            continue
         user = user_key(notification)
         windows = Windows(out.pending_user_state(table, user))
         digest_id, closed = gather(windows, notification, spec, user, now, max_bytes, settings.digest_sent_memory_s)
         out.event(notification, "digested", detail=f"digest {digest_id}")
-        send_digests(out, closed)
+        send_digests(out, closed, now, context.cancellations)
         out.put_user_state(table, user, windows.value(), record.partition)
     return out
 
 
 def close_due(context: Context) -> Outputs:
     """The tick: send the digest of every window whose time is up, and forget old sent digests."""
+    assert context.cancellations is not None
     out = context.outputs()
     table = context.user_state[DIGEST_USERS.name]
     now = now_utc()
@@ -178,7 +198,8 @@ def close_due(context: Context) -> Outputs:
         windows = Windows(value)
         due = windows.due(now)
         windows.forget_sent(now)
-        send_digests(out, [windows.close(key, now, context.settings.digest_sent_memory_s) for key in due])
+        closed = [windows.close(key, now, context.settings.digest_sent_memory_s) for key in due]
+        send_digests(out, closed, now, context.cancellations)
         out.put_user_state(table, user, windows.value(), table.partition_of(user))
     return out
 
@@ -189,7 +210,7 @@ DIGEST_STAGE = StageSpec(
     inputs=(DIGEST,),
     outputs=(VALIDATED, EVENTS),
     handle=gather_all,
-    tables=("templates",),
+    tables=("templates", "cancellations"),
     user_state=(DIGEST_USERS,),
     tick=close_due,
     tick_setting="digest_tick_s",

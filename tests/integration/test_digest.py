@@ -8,6 +8,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 from clickhouse_driver import Client
 from kafka import KafkaProducer
@@ -17,7 +18,8 @@ from schemas.models import TemplateUpserted
 from streams.settings import Settings
 from streams.tables import template_key
 from streams.topics import TEMPLATES
-from tests.integration.pipeline_helpers import Mail, events_with, new_tenant, produce, request, statuses
+from tests.integration.pipeline_helpers import (Mail, events_with, new_tenant, produce, request, statuses,
+                                                 wait_for_statuses)
 from tests.integration.test_pipeline import stage_pids
 from tooling.producer import publish
 
@@ -142,3 +144,20 @@ def test_workers_killed_with_notifications_in_flight_put_each_in_one_digest_sent
     time.sleep(WINDOW_S)
     assert sent(clickhouse, tenant) == set(digests)
     assert mail.stored(pipeline.email_domain) == len(digests)
+
+
+def test_a_notification_cancelled_while_its_window_is_open_is_left_out_of_the_digest(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client
+) -> None:
+    tenant = new_tenant()
+    ids = produce(producer, comments(tenant, "erin", 5))
+    response = httpx.delete(f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications/{ids[2]}",
+                            params={"tenant": tenant}, headers={"X-API-Key": pipeline.api_key}, timeout=10)
+    assert response.status_code == 202
+    digest = digest_of(clickhouse, tenant, ids[:1], timeout=60)[ids[0]]
+    mail = Mail(pipeline, [digest])
+    assert mail.wait_for_all(timeout=90) == {digest: 1}
+    lines = mail.message(digest, pipeline.email_domain).get_body(("plain",)).get_content().strip().splitlines()
+    assert sorted(lines) == sorted(f"author {i}: comment {i} for erin" for i in (0, 1, 3, 4))
+    wait_for_statuses(clickhouse, tenant, [ids[2]], {"suppressed"}, timeout=60)
+    assert events_with(clickhouse, tenant, "suppressed")[ids[2]][0] == "cancelled"

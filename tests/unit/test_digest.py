@@ -225,8 +225,8 @@ async def test_a_tick_reads_every_held_partitions_state_first_and_waits_for_a_ba
     """After a restart no new record may come for a user whose window is open: the tick itself reads
     that partition's state. And it never runs while a batch's writes are in flight."""
     runtime = stage(DIGEST_STAGE, tmp_path, comments())
-    assert runtime.context.templates is not None
-    runtime.context.templates.ready.set()
+    for table in runtime.tables:  # folded to their end
+        table.ready.set()
     loaded: list[set[int]] = []
     emitted: list[Outputs] = []
 
@@ -245,3 +245,27 @@ async def test_a_tick_reads_every_held_partitions_state_first_and_waits_for_a_ba
         assert not loaded and not emitted
     await tick
     assert loaded == [{1, 3}] and len(emitted) == 1
+
+
+async def test_a_cancelled_notification_is_left_out_of_its_digest_and_an_all_cancelled_one_is_not_sent(
+        tmp_path: Path, clock: pytest.MonkeyPatch) -> None:
+    runtime = stage(DIGEST_STAGE, tmp_path, comments(window_s=10))
+    cancellations = runtime.context.cancellations
+    assert cancellations is not None
+
+    def cancel(notification: dict[str, Any]) -> None:
+        cancellations.fold(notification["notification_id"].bytes, {"notification_id": notification["notification_id"]})
+
+    cancel(comment(0))
+    out = await gather(runtime, [comment(n) for n in range(3)] + [comment(0, "bob")])
+    [refused] = [e for e in out.of(EVENTS) if e["status"] == "suppressed"]
+    assert (refused["notification_id"], refused["error_code"]) == (comment(0)["notification_id"], "cancelled")
+    cancel(comment(1))
+    cancel(comment(0, "bob"))
+    later(runtime, 10, clock)
+    out = tick(runtime)
+    [digest] = out.of(VALIDATED)  # alice's; bob's only notification was cancelled
+    assert digest["digest_items"] == [comment(2)["variables"]]
+    suppressed = {e["notification_id"] for e in out.of(EVENTS) if e["status"] == "suppressed"}
+    assert suppressed == {comment(1)["notification_id"], comment(0, "bob")["notification_id"]}
+    assert runtime.context.user_state[DIGEST_USERS.name].get("acme/bob")["open"] == {}
