@@ -72,11 +72,13 @@ chaos: venv
 	HERALD_CHAOS=long HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests/chaos -q -s -rxX
 
 # Kubernetes v1.32 (API server, controller manager, scheduler, kubectl) and kwok, built from the Go
-# module proxy into ~/.cache/herald once per version (~11 min cold), and the operators' CRDs.
+# module proxy into ~/.cache/herald once per version (~11-20 min cold), and the operators' CRDs.
+# Not fatal here: without them tests/integration/test_k8s.py fails (skips without
+# HERALD_REQUIRE_SERVERS) and says why, and the other tests still run.
 .PHONY: k8s-tools k8s-check
 k8s-tools:
-	deploy/local/k8s.sh build
-	deploy/local/k8s.sh crds
+	-deploy/local/k8s.sh build
+	-deploy/local/k8s.sh crds
 
 # A real control plane on free loopback ports: both overlays applied and Available, an empty
 # production secret refused (tests/integration/test_k8s.py), and every overlay rendered and

@@ -258,16 +258,19 @@ start() {
     --authentication-kubeconfig "$cm" --authorization-kubeconfig "$cm" \
     --bind-address 127.0.0.1 --secure-port "$CM_PORT" --cert-dir "$K8S_DIR/controller-manager" \
     --use-service-account-credentials --service-account-private-key-file "$PKI/sa.key" \
-    --root-ca-file "$PKI/ca.crt" --leader-elect=false --profiling=false
+    --root-ca-file "$PKI/ca.crt" --leader-elect=false --profiling=false \
+    --node-monitor-grace-period 5m
   launch kube-scheduler "$BIN_DIR/kube-scheduler" --kubeconfig "$sched" \
     --authentication-kubeconfig "$sched" --authorization-kubeconfig "$sched" \
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --profiling=false
   wait_for kube-controller-manager healthz "$CM_PORT"
   wait_for kube-scheduler healthz "$SCHED_PORT"
   # kwok plays the kubelet of the nodes annotated kwok.x-k8s.io/node=fake: it marks them Ready and
-  # moves their pods through Running (and a Job's to Succeeded) without running anything.
+  # moves their pods through Running (and a Job's to Succeeded) without running anything. It renews
+  # the node's lease; the generous grace period above keeps a loaded machine's late renewal from
+  # marking the node NotReady, which would make every pod unready.
   launch kwok "$BIN_DIR/kwok" --kubeconfig "$KUBECONFIG_FILE" --manage-all-nodes=false \
-    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake \
+    --manage-nodes-with-annotation-selector kwok.x-k8s.io/node=fake --node-lease-duration-seconds 40 \
     --server-address "127.0.0.1:$KWOK_PORT" --node-ip 127.0.0.1 --cidr 10.244.0.0/16
   wait_for kwok kubectl_ apply -f "$HERE/k8s/node.yaml"
   wait_for kwok kubectl_ wait --for=condition=Ready node/kwok-node --timeout=5s

@@ -17,6 +17,7 @@ import base64
 import json
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ class Cluster:
         assert result.returncode == 0, f"kubectl {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
         return result.stdout
 
+    def wait(self, *args: str) -> None:
+        """`kubectl wait`, again until it succeeds: it fails outright on an object without status yet."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while (result := self.run("wait", "--timeout=30s", *args)).returncode != 0:
+            assert time.monotonic() < deadline, f"kubectl wait {' '.join(args)}:\n{result.stderr}"
+            time.sleep(2)
+
     def get(self, *args: str) -> dict:
         return json.loads(self.ok("get", "-o", "json", *args))
 
@@ -89,7 +97,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for directory in crds:
             cluster.ok("apply", "--server-side", "-f", str(directory))
         cluster.ok("apply", "--server-side", "-f", "-", stdin=json.dumps(CHI_STAND_IN))
-        cluster.ok("wait", "--for=condition=Established", "crd", "--all", f"--timeout={TIMEOUT_S}s")
+        cluster.wait("--for=condition=Established", "crd", "--all")
         yield cluster
     finally:
         stopped = script(env, "stop")
@@ -99,13 +107,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def apply_and_wait(cluster: Cluster, overlay: str) -> list[dict]:
     """Apply one overlay as an operator would, and wait until it runs; returns what was rendered."""
     directory = str(cluster.manifests / k8s.VARIANTS[overlay])
+    rendered = k8s.render(cluster.kubectl, Path(directory))
+    # A server-side dry run creates nothing, so the namespace must exist for the rest to be checked.
+    (namespace,) = [o for o in rendered if o["kind"] == "Namespace"]
+    cluster.ok("apply", "-f", "-", stdin=json.dumps(namespace))
     cluster.ok("apply", "-k", directory, "--validate=strict", "--dry-run=server")
     cluster.ok("apply", "-k", directory, "--validate=strict")
-    rendered = k8s.render(cluster.kubectl, Path(directory))
     deployments = {o["metadata"]["name"] for o in rendered if o["kind"] == "Deployment"}
     assert deployments, f"{overlay} renders no Deployment"
-    cluster.ok("wait", "-n", NAMESPACE, "--for=condition=Available", "deployment", "--all", f"--timeout={TIMEOUT_S}s")
-    cluster.ok("wait", "-n", NAMESPACE, "--for=condition=Complete", "job/herald-migrate", f"--timeout={TIMEOUT_S}s")
+    cluster.wait("-n", NAMESPACE, "--for=condition=Available", "deployment", "--all")
+    cluster.wait("-n", NAMESPACE, "--for=condition=Complete", "job/herald-migrate")
     running = cluster.get("-n", NAMESPACE, "deployments")["items"]
     assert {d["metadata"]["name"] for d in running} == deployments
     for deployment in running:
