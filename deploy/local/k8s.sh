@@ -12,8 +12,8 @@ source "$HERE/common.sh"
 
 K8S_VERSION="${HERALD_K8S_VERSION:-v1.32.2}"
 KWOK_VERSION="${HERALD_KWOK_VERSION:-v0.7.0}"
-# Outside any clone: a cold build takes ~11 min and ~4.5 GB of Go caches, so every clone on the
-# machine (CI's fresh one too) shares the binaries, keyed by version.
+# Outside any clone: a cold build takes 11-25 min on 2 cores and ~5 GB of Go caches, so every
+# clone on the machine (CI's fresh one too) shares the binaries, keyed by version.
 K8S_CACHE_DIR="${HERALD_K8S_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/herald}"
 BIN_DIR="$K8S_CACHE_DIR/k8s-$K8S_VERSION-kwok-$KWOK_VERSION/bin"
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
@@ -57,7 +57,7 @@ build() {
   export GOFLAGS=-buildvcs=false CGO_ENABLED=0
   local mod="$K8S_CACHE_DIR/build/k8s-$K8S_VERSION" tmp="$BIN_DIR.tmp.$$" t0=$SECONDS
   mkdir -p "$mod" "$tmp"
-  log "building ${missing[*]} ($K8S_VERSION, kwok $KWOK_VERSION) into $BIN_DIR; cold: ~11 min, ~4.5 GB in $GOPATH"
+  log "building ${missing[*]} ($K8S_VERSION, kwok $KWOK_VERSION) into $BIN_DIR; cold: 11-25 min, ~5 GB in $GOPATH"
   local staging="0.${K8S_VERSION#v1.}"
   (
     cd "$mod"
@@ -229,7 +229,7 @@ start() {
     return 0
   fi
   stop >/dev/null 2>&1 # whatever a failed start left behind
-  command -v etcd >/dev/null || die "etcd not found (apt-get install -y etcd-server)"
+  command -v etcd >/dev/null || apt_install etcd-server
   command -v openssl >/dev/null || die "openssl not found"
   command -v curl >/dev/null || die "curl not found"
   build

@@ -133,15 +133,22 @@ def delete(cluster: Cluster, overlay: str) -> None:
                "--wait", f"--timeout={TIMEOUT_S}s")
 
 
-def test_local_overlay_applies_and_its_deployments_become_available(cluster: Cluster) -> None:
-    rendered = apply_and_wait(cluster, "local")
-    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in cluster.get("-n", NAMESPACE, "deployments")["items"]}
+@pytest.fixture
+def local(cluster: Cluster) -> Iterator[list[dict]]:
+    yield apply_and_wait(cluster, "local")
+    delete(cluster, "local")  # gone before production, which uses the same namespace
+
+
+def test_local_overlay_applies_and_its_deployments_become_available(cluster: Cluster, local: list[dict]) -> None:
+    rendered = local
+    deployments = cluster.get("-n", NAMESPACE, "deployments")["items"]
+    replicas = {d["metadata"]["name"]: d["spec"]["replicas"] for d in deployments}
     assert set(replicas.values()) == {1}, replicas
     assert "herald-mailbox" in replicas
     kinds = {o["kind"] for o in rendered}
     assert {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject", "ClickHouseInstallation"} <= kinds
-    assert len(cluster.get("-n", NAMESPACE, "kafkatopics")["items"]) == sum(o["kind"] == "KafkaTopic" for o in rendered)
-    delete(cluster, "local")
+    topics = cluster.get("-n", NAMESPACE, "kafkatopics")["items"]
+    assert len(topics) == sum(o["kind"] == "KafkaTopic" for o in rendered)
 
 
 @pytest.fixture(scope="module")

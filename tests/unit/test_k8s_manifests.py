@@ -261,7 +261,7 @@ def test_every_object_validates_against_the_kubernetes_schemas(rendered: list[Ob
         except kubernetes_validate.ValidationError as error:
             pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message} at {list(error.path)}")
         validated += 1
-    assert validated >= 3 * len(STAGES)  # a Deployment, a PDB... per stage, the gateway, the Job
+    assert validated >= 2 * len(STAGES)  # at least a Deployment and a PDB per stage
 
 
 
