@@ -29,9 +29,9 @@ def missing(message: str) -> None:
     pytest.skip(message)
 
 
-def toolchain() -> dict[str, str]:
+def toolchain(env: dict[str, str] | None = None) -> dict[str, str]:
     """`deploy/local/k8s.sh env`: where the binaries, the kubeconfig and the CRDs are (or will be)."""
-    output = subprocess.run([str(SCRIPT), "env"], capture_output=True, text=True, check=True, timeout=30)
+    output = subprocess.run([str(SCRIPT), "env"], env=env, capture_output=True, text=True, check=True, timeout=30)
     return dict(line.split("=", 1) for line in output.stdout.splitlines())
 
 

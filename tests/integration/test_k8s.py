@@ -81,13 +81,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     crds = [Path(d) for d in tools["HERALD_K8S_CRDS"].split()]
     if not (binaries / "kube-apiserver").exists() or not all(d.is_dir() for d in crds):
         k8s.missing(f"no Kubernetes binaries or CRDs in {binaries.parent}: `make k8s-check` builds them "
-                    "(deploy/local/k8s.sh build, ~11 min cold) and makes the CRDs (deploy/local/k8s.sh crds)")
+                    "(deploy/local/k8s.sh build, 11-25 min cold) and makes the CRDs (deploy/local/k8s.sh crds)")
     data_dir = tmp_path_factory.mktemp("k8s-data")
     ports = free_ports(6)
     names = ("API", "ETCD", "ETCD_PEER", "CONTROLLER_MANAGER", "SCHEDULER", "KWOK")
     env = {**os.environ, "HERALD_DATA_DIR": str(data_dir),
            **{f"HERALD_K8S_{name}_PORT": str(port) for name, port in zip(names, ports)}}
-    kubeconfig = script(env, "env").stdout.split("KUBECONFIG=")[1].split()[0]
+    kubeconfig = k8s.toolchain(env)["KUBECONFIG"]
     started = script(env, "start")
     try:
         assert started.returncode == 0, f"deploy/local/k8s.sh start:\n{started.stderr}"
