@@ -11,7 +11,7 @@ from streams.settings import get_settings
 
 
 class StageWorker(Worker):
-    def __init__(self, *services: Any, stage: str, json_logs: bool, **kwargs: Any) -> None:
+    def __init__(self, *services: Any, stage: str = "", json_logs: bool = False, **kwargs: Any) -> None:
         super().__init__(*services, **kwargs)
         self.stage = stage
         self.json_logs = json_logs
