@@ -94,7 +94,8 @@ def route_all(batch: list[Incoming], context: Context) -> Outputs:
     for record in batch:
         notification = record.value
         user_id = notification["recipient"]["user_id"]
-        tasks, suppressed = route(notification, context.preferences.get(user_id), context.preferences.dead(user_id))
+        tasks, suppressed = route(notification, context.preferences.get(notification["tenant"], user_id),
+                                  context.preferences.dead(notification["tenant"], user_id))
         for s in suppressed:
             out.event(notification, "suppressed", channel=s.channel, error_code=s.reason_code, detail=s.detail)
         key = notification["recipient"]["user_id"].encode()

@@ -15,8 +15,9 @@ days). A message costs about 900 bytes of Python objects plus its content (subje
 ≤ 64 KiB: agents/channels/in_app.py); one with a 100-character text measured 1,035 bytes (tracemalloc),
 so a full inbox of such messages is about 200 KiB. Every gateway holds every user's inbox.
 
-Auth: a user sees only their own inbox. A server-side caller sends the API key (`X-API-Key` or
-`Authorization: Bearer`) and names the tenant (`?tenant=`, default "default"); a browser sends a
+Auth: a user sees only their own inbox. A server-side caller sends an API key (`X-API-Key` or
+`Authorization: Bearer`) and reads its key's tenant's inboxes (`?tenant=`, if given, must be that
+tenant: gateway/auth.py); a browser sends a
 token signed for one tenant and user (`Authorization: Bearer <token>`, or `?token=` where it cannot
 set headers, as EventSource): base64url(JSON {tenant, user_id, exp}) "." base64url(HMAC-SHA256 of the
 first part with `inbox.token_secret`). `herald inbox token USER` mints one.
@@ -39,7 +40,9 @@ from aiohttp import web
 from aiokafka.errors import KafkaError
 
 from agents.channels.in_app import inbox_key, user_id
-from gateway.server import CONTROL_CHARACTERS, MAX_NAME_CHARS, USERS_PATH, RateLimiter, json_error, same_key
+from gateway.auth import json_error, key_parts, presented_key, refuse_other_tenant, same_key, tenant_of
+from gateway.follower import Follower
+from gateway.server import CONTROL_CHARACTERS, MAX_NAME_CHARS, USERS_PATH, RateLimiter
 from schemas.models import InboxEvent, InboxEventKind
 from schemas.serde import AvroSerde
 from streams import signed
@@ -64,7 +67,6 @@ PAGE_DEFAULT, PAGE_MAX = 50, 200
 STREAM_QUEUE = 100
 STREAMS_PER_USER = 8
 KEEP_ALIVE_S = 15.0
-FOLLOW_RETRY_S = 5.0
 
 
 # --- Tokens ------------------------------------------------------------------------------------------------
@@ -247,46 +249,6 @@ class InboxLog(FoldedTable):
         return len(self.inbox.users)
 
 
-class Follower:
-    """Folds herald.inbox while the gateway runs. It starts in the background and retries, so the
-    rest of the gateway serves while Kafka is away; the inbox answers 503 until it caught up."""
-
-    def __init__(self, settings: Settings, inbox: Inbox) -> None:
-        self.settings = settings
-        self.inbox = inbox
-        self.log: InboxLog | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    async def on_startup(self, app: web.Application) -> None:
-        self.task = asyncio.create_task(self.follow())
-
-    async def follow(self) -> None:
-        while True:
-            inbox_log = InboxLog(self.settings, self.inbox)
-            try:
-                await inbox_log.start()
-            except (KafkaError, OSError, RuntimeError) as exc:  # Kafka away, or the topic not created yet
-                log.warning("inbox: cannot follow %s yet (%s: %s); retrying in %.0f s",
-                            INBOX.name, type(exc).__name__, exc, FOLLOW_RETRY_S)
-                with contextlib.suppress(Exception):
-                    await inbox_log.stop()
-                await asyncio.sleep(FOLLOW_RETRY_S)
-                continue
-            self.log = inbox_log
-            return
-
-    async def on_shutdown(self, app: web.Application) -> None:
-        self.inbox.close_streams()  # open streams would hold the shutdown until its timeout
-
-    async def on_cleanup(self, app: web.Application) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        if self.log is not None:
-            await self.log.stop()
-
-
 # --- HTTP --------------------------------------------------------------------------------------------------
 
 
@@ -344,9 +306,8 @@ class InboxApi:
             tenant = tenant_param(request)
         except ValueError as exc:
             return json_error(422, "invalid_request", str(exc))
-        api_key = request.headers.get("X-API-Key")
-        if api_key is not None or same_key(bearer(request), self.settings.api_key):
-            return self.server_caller(api_key or bearer(request), tenant or "default", user)
+        if "X-API-Key" in request.headers or same_key(bearer(request), self.settings.api_key) or key_parts(bearer(request)):
+            return self.server_caller(request, tenant, user)
         token = bearer(request) or request.query.get("token", "")
         try:
             signed_for = token_owner(self.settings.inbox.token_secret.get_secret_value(), token)
@@ -357,10 +318,13 @@ class InboxApi:
             return json_error(403, "forbidden", "the token is for another user's inbox")
         return signed_for
 
-    def server_caller(self, key: str, tenant: str, user: str) -> Owner | web.Response:
-        if not same_key(key, self.settings.api_key):
-            return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
-        wait = self.limiter.wait(key)
+    def server_caller(self, request: web.Request, named: str | None, user: str) -> Owner | web.Response:
+        """A service with an API key reads its own tenant's inboxes (`?tenant=` may only name that one)."""
+        tenant = tenant_of(request)
+        refused = refuse_other_tenant(tenant, named, "tenant")
+        if refused is not None:
+            return refused
+        wait = self.limiter.wait(presented_key(request))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             return json_error(429, "rate_limited", f"over the API key's rate; retry in {seconds} s",
@@ -440,6 +404,13 @@ def gateway_append(gateway: "Gateway") -> Append:
     return append
 
 
+def close_streams(inbox: Inbox) -> Callable[[web.Application], Awaitable[None]]:
+    """Open streams would hold the gateway's shutdown until its timeout."""
+    async def on_shutdown(app: web.Application) -> None:
+        inbox.close_streams()
+    return on_shutdown
+
+
 def register(app: web.Application, gateway: "Gateway") -> None:
     """Mounts the inbox at /v1/users, and follows herald.inbox while `app` runs."""
     settings = gateway.settings
@@ -447,9 +418,9 @@ def register(app: web.Application, gateway: "Gateway") -> None:
         raise ValueError("HERALD_INBOX__TOKEN_SECRET is empty: the inbox will not run without one")
     inbox = Inbox(settings.inbox.max_messages, settings.inbox.retention_ms)
     api = InboxApi(settings, inbox, gateway_append(gateway), gateway.limiter, gateway.serde)
-    follower = Follower(settings, inbox)
+    follower = Follower(lambda: InboxLog(settings, inbox))
     users = api.web_app()
     users.on_startup.append(follower.on_startup)
-    users.on_shutdown.append(follower.on_shutdown)
+    users.on_shutdown.append(close_streams(inbox))
     users.on_cleanup.append(follower.on_cleanup)
     app.add_subapp(USERS_PATH.rstrip("/"), users)

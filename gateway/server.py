@@ -18,7 +18,6 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
-import hmac
 import json
 import math
 import re
@@ -46,17 +45,21 @@ from sinks.queries import timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.settings import Settings, get_settings
 from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
+from gateway.admin import ADMIN_PATH, register as register_admin
+from gateway.auth import (API_KEYS, REFUSED, ApiKeyLog, ApiKeys, json_error, presented_key, refuse_other_tenant,
+                          same_key, tenant_of)
 from gateway.callbacks import callback_routes
+from gateway.follower import Follower
 from gateway.tracking import tracking_routes
 
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
-REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gateway", ["reason"])
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
-# The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself.
+# The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself;
+# the admin endpoints (gateway/admin.py) take the admin key.
 USERS_PATH = "/v1/users/"
-SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH)
+SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH, ADMIN_PATH)
 # A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
 MAX_REPORTED_ERRORS = 50
 # A field path names a map key as it was sent; past this many characters it is cut.
@@ -178,11 +181,6 @@ def batch_model(max_recipients: int) -> Any:
 # --- Responses ---------------------------------------------------------------------------------------------
 
 
-def json_error(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> web.Response:
-    REFUSED.labels(error).inc()
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
-
-
 def path_part(part: Any) -> str:
     text = str(part)
     return text if len(text) <= MAX_PATH_PART_CHARS else f"{text[:MAX_PATH_PART_CHARS]}…"
@@ -258,17 +256,16 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
     return (request.batch_id or str(uuid.uuid4())).encode()
 
 
-# --- Keys and rates ----------------------------------------------------------------------------------------
+def own_tenant(request: web.Request, parsed: NotificationRequest | NotificationBatch) -> web.Response | None:
+    """The request is its key's tenant's: a body naming another tenant is refused (403), one naming none
+    gets the key's."""
+    tenant = tenant_of(request)
+    refused = refuse_other_tenant(tenant, parsed.tenant if "tenant" in parsed.model_fields_set else None, "tenant")
+    parsed.tenant = tenant
+    return refused
 
 
-def presented_key(request: web.Request) -> str:
-    return request.headers.get("X-API-Key") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-
-
-def same_key(presented: str, expected: str) -> bool:
-    """In constant time (for keys of one length); never true for an empty key."""
-    return bool(expected) and hmac.compare_digest(presented.encode("utf-8", "surrogatepass"),
-                                                  expected.encode("utf-8", "surrogatepass"))
+# --- Rates -------------------------------------------------------------------------------------------------
 
 
 class RateLimiter:
@@ -320,9 +317,14 @@ class Gateway:
         self.batch_model = batch_model(settings.gateway_max_batch_recipients)
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
         self.kafka = RenewingProducer(settings, linger_ms=2)
+        self.api_keys = ApiKeys(settings.api_key)
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
+        app[API_KEYS] = self.api_keys
+        keys = Follower(lambda: ApiKeyLog(self.settings, self.api_keys, self.serde))
+        app.on_startup.append(keys.on_startup)
+        app.on_cleanup.append(keys.on_cleanup)
         app.router.add_post("/v1/notifications", self.post_notification)
         app.router.add_post("/v1/notifications/batch", self.post_batch)
         app.router.add_get("/v1/notifications/{id}", self.get_notification)
@@ -334,6 +336,7 @@ class Gateway:
         from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
 
         register_inbox(app, self)
+        register_admin(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -364,9 +367,8 @@ class Gateway:
                                   "set HERALD_METRICS_API_KEY (scrapers send it as a bearer token) "
                                   "or HERALD_METRICS_PUBLIC=true")
             return await handler(request)
+        tenant_of(request)  # raises 401 (or 503) for a request without a valid key
         presented = presented_key(request)
-        if not same_key(presented, self.settings.api_key):
-            return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
         wait = self.limiter.wait(presented)
         if wait > 0:
             seconds = max(1, math.ceil(wait))
@@ -398,6 +400,9 @@ class Gateway:
         parsed = parse(self.request_model, body)
         if isinstance(parsed, web.Response):
             return parsed
+        refused = own_tenant(request, parsed)
+        if refused is not None:
+            return refused
         ids = await self.produce(parsed)
         if isinstance(ids, web.Response):
             return ids
@@ -411,6 +416,9 @@ class Gateway:
         parsed = parse(self.batch_model, body)
         if isinstance(parsed, web.Response):
             return parsed
+        refused = own_tenant(request, parsed)
+        if refused is not None:
+            return refused
         if not parsed.recipients:
             return json_error(422, "invalid_request", [{"field": "recipients", "message": "at least one recipient"}])
         duplicates = duplicate_member_keys(parsed)
@@ -427,8 +435,7 @@ class Gateway:
             wanted = uuid.UUID(request.match_info["id"])
         except ValueError:
             return json_error(422, "invalid_id", "notification id must be a UUID")
-        async with self.clickhouse_lock:
-            events = await asyncio.to_thread(timeline, self.clickhouse, wanted)
+        events = await self.timeline(wanted, tenant_of(request))
         if not events:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
         return web.json_response(
@@ -436,15 +443,25 @@ class Gateway:
             dumps=lambda obj: json.dumps(obj, default=str),
         )
 
+    async def timeline(self, notification_id: uuid.UUID, tenant: str) -> list[dict[str, Any]]:
+        """The notification's events if it is the tenant's; none for another tenant's."""
+        async with self.clickhouse_lock:
+            return await asyncio.to_thread(timeline, self.clickhouse, notification_id, tenant)
+
     async def cancel_notification(self, request: web.Request) -> web.Response:
         """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
-        it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it."""
+        it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it.
+
+        Only the tenant's own notification: one ClickHouse has no event of for this tenant (another
+        tenant's, or not accepted yet) is 404, as for GET."""
         try:
             wanted = uuid.UUID(request.match_info["id"])
         except ValueError:
             return json_error(422, "invalid_id", "notification id must be a UUID")
-        record = NotificationCancelled(notification_id=wanted, tenant=request.query.get("tenant", "default"),
-                                       cancelled_at=datetime.now(timezone.utc))
+        tenant = tenant_of(request)
+        if not await self.timeline(wanted, tenant):
+            return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
+        record = NotificationCancelled(notification_id=wanted, tenant=tenant, cancelled_at=datetime.now(timezone.utc))
         try:
             await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), wanted.bytes,
                                   self.settings.gateway_produce_timeout_s)

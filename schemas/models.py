@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ApiKeyChanged",
     "AvroModel",
     "BatchRecipient",
     "Channel",
@@ -535,6 +536,18 @@ class NotificationCancelled(AvroModel):
     cancelled_at: TimestampMillis
 
 
+class ApiKeyChanged(AvroModel):
+    """A tenant's API key was created or revoked (herald.tenants, compacted, keyed by key id)."""
+
+    AVRO_NAME: ClassVar[str] = "ApiKeyChanged"
+
+    key_id: str
+    tenant: str
+    secret_sha256: str
+    created_at: TimestampMillis
+    revoked_at: TimestampMillis | None = None
+
+
 class BundledRecord(AvroModel):
     """One record of the bundle: its own key and its own framed Avro value."""
 
@@ -568,6 +581,7 @@ MODELS: dict[str, type[AvroModel]] = {
         PreferencesUpdated,
         ContactRemoved,
         NotificationCancelled,
+        ApiKeyChanged,
         RecordBundle,
         InboxEvent,
     )

@@ -1,7 +1,8 @@
 """Analytics read from ClickHouse: one notification's timeline, whether notifications are done, and
 the operators' report.
 
-Every query reads `notification_events` with FINAL, so replayed events are counted once.
+Every query reads `notification_events` with FINAL, so replayed events are counted once. Those that
+serve a caller take a tenant and see only its events; None (the operator's CLI) sees every tenant's.
 """
 
 from collections.abc import Sequence
@@ -13,14 +14,14 @@ from clickhouse_driver import Client
 TIMELINE = """
 SELECT event_time_ms, stage, status, channel, provider, attempt, error_code, detail, latency_ms
 FROM notification_events FINAL
-WHERE notification_id = %(notification_id)s
+WHERE notification_id = %(notification_id)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
 ORDER BY event_time_ms, stage
 """
 
 COUNTS = """
 SELECT channel, status, count() AS events
 FROM notification_events FINAL
-WHERE event_time >= now() - %(seconds)s
+WHERE event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
 GROUP BY channel, status
 ORDER BY channel, status
 """
@@ -30,7 +31,7 @@ LATENCY = """
 SELECT channel, count() AS sent,
        quantile(0.5)(latency_ms) AS p50, quantile(0.95)(latency_ms) AS p95, quantile(0.99)(latency_ms) AS p99
 FROM notification_events FINAL
-WHERE status = 'sent' AND event_time >= now() - %(seconds)s
+WHERE status = 'sent' AND event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
 GROUP BY channel
 ORDER BY channel
 """
@@ -41,7 +42,7 @@ PROVIDERS = """
 SELECT channel, provider, countIf(status = 'sent') AS sent, countIf(status = 'retried') AS retried,
        countIf(status = 'failed') AS failed, arrayStringConcat(topK(3)(nullIf(error_code, '')), ' ') AS codes
 FROM notification_events FINAL
-WHERE provider != '' AND event_time >= now() - %(seconds)s
+WHERE provider != '' AND event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
 GROUP BY channel, provider
 ORDER BY channel, provider
 """
@@ -62,21 +63,21 @@ FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "fail
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
 
-def timeline(client: Client, notification_id: UUID) -> list[dict[str, Any]]:
-    rows = client.execute(TIMELINE, {"notification_id": str(notification_id)})
+def timeline(client: Client, notification_id: UUID, tenant: str | None) -> list[dict[str, Any]]:
+    rows = client.execute(TIMELINE, {"notification_id": str(notification_id), "tenant": tenant})
     return [dict(zip(COLUMNS, row)) for row in rows]
 
 
-def counts(client: Client, seconds: int) -> list[tuple[str, str, int]]:
-    return client.execute(COUNTS, {"seconds": seconds})
+def counts(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, str, int]]:
+    return client.execute(COUNTS, {"seconds": seconds, "tenant": tenant})
 
 
-def latency(client: Client, seconds: int) -> list[tuple[str, int, float, float, float]]:
-    return client.execute(LATENCY, {"seconds": seconds})
+def latency(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, int, float, float, float]]:
+    return client.execute(LATENCY, {"seconds": seconds, "tenant": tenant})
 
 
-def providers(client: Client, seconds: int) -> list[tuple[str, str, int, int, int, str]]:
-    return client.execute(PROVIDERS, {"seconds": seconds})
+def providers(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, str, int, int, int, str]]:
+    return client.execute(PROVIDERS, {"seconds": seconds, "tenant": tenant})
 
 
 def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:

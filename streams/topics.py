@@ -72,6 +72,9 @@ CONTACTS_REMOVED = TopicSpec("herald.contacts.removed", ("ContactRemoved",),
 INBOX = TopicSpec("herald.inbox", ("InboxEvent",),
                   "deliver (in_app) produces messages, the gateway read and seen; the gateway's inbox folds it",
                   retention_setting="inbox.retention_ms")
+TENANTS = TopicSpec("herald.tenants", ("ApiKeyChanged",),
+                    "the gateway's admin endpoints (`herald tenants`) produce; every gateway's key table folds it",
+                    compacted=True)
 IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
                             "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
 REPLAYED = TopicSpec("herald.state.replayed", (),
@@ -94,7 +97,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
+    CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
 )
 
 

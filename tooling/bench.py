@@ -33,7 +33,7 @@ from tooling.local import mailbox_dir, running_pid
 from tooling.peers.server import RECEIPTS, peer_dir
 from tooling.producer import publish
 from streams.settings import Settings
-from streams.tables import template_key
+from streams.tables import preference_key, template_key
 from streams.topics import INBOX, PREFERENCES, REQUESTS, TEMPLATES, TopicSpec, create_topics
 
 TEMPLATE_ID = "herald-bench"
@@ -253,7 +253,7 @@ def put_template(channels: list[str]) -> None:
                    "html": "<p>Notification <b>{{ n }}</b></p>"} for c in channels],
         "updated_at": datetime.now(timezone.utc),
     })
-    publish(TEMPLATES, [(template_key(TEMPLATE_ID, "en", 1), template)])
+    publish(TEMPLATES, [(template_key(template.tenant, TEMPLATE_ID, "en", 1), template)])
 
 
 async def raw_hop(settings: Settings, count: int) -> float:
@@ -323,7 +323,7 @@ def contacts(settings: Settings, tenant: str, user: int) -> PreferencesUpdated:
 
 def publish_contacts(settings: Settings, tenant: str, users: int) -> None:
     """The bench users' preferences, rewritten each run (which also revives a contact marked dead)."""
-    publish(PREFERENCES, [(bench_user(user).encode(), contacts(settings, tenant, user)) for user in range(users)])
+    publish(PREFERENCES, [(preference_key(tenant, bench_user(user)), contacts(settings, tenant, user)) for user in range(users)])
 
 
 def peers_url(settings: Settings) -> str:

@@ -140,7 +140,7 @@ def templates_put(
         document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
         template = TemplateUpserted.model_validate(document)
         problems += template_problems(template.model_dump(), allow_unsafe_html)
-        records.append((template_key(template.template_id, template.locale, template.version), template))
+        records.append((template_key(template.tenant, template.template_id, template.locale, template.version), template))
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {escape(problem)}")
@@ -165,6 +165,7 @@ def prefs_set(
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per user)."""
     from schemas.models import PreferencesUpdated
+    from streams.tables import preference_key
     from tooling.producer import publish
 
     opt_outs = []
@@ -176,7 +177,7 @@ def prefs_set(
         "chat_webhook": chat_webhook, "locale": locale,
         "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
     })
-    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    publish(PREFERENCES, [(preference_key(tenant, user_id), preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
 
@@ -229,12 +230,15 @@ def send(
 
 
 @app.command()
-def status(notification_id: uuid.UUID) -> None:
+def status(
+    notification_id: uuid.UUID,
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's events (default: every tenant's).")] = None,
+) -> None:
     """One notification's timeline, from ClickHouse."""
     from sinks.clickhouse_client import connect
     from sinks.queries import timeline
 
-    events = timeline(connect(get_settings()), notification_id)
+    events = timeline(connect(get_settings()), notification_id, tenant)
     if not events:
         console.print(f"[yellow]no events for {notification_id} yet[/]")
         raise typer.Exit(1)
@@ -250,6 +254,7 @@ def status(notification_id: uuid.UUID) -> None:
 @app.command()
 def report(
     minutes: Annotated[int, typer.Option(help="How far back to look.")] = 60,
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's events (default: every tenant's).")] = None,
 ) -> None:
     """Counts per channel and status, and latency quantiles, from ClickHouse."""
     from sinks.clickhouse_client import connect
@@ -257,13 +262,13 @@ def report(
 
     client = connect(get_settings())
     by_status = Table("channel", "status", "events", title=f"lifecycle events, last {minutes} min")
-    for channel, state, events in counts(client, minutes * 60):
+    for channel, state, events in counts(client, minutes * 60, tenant):
         by_status.add_row(channel or "-", state, f"{events:,}")
     quantiles = Table("channel", "sent", "p50 ms", "p95 ms", "p99 ms", title="request → provider latency")
-    for channel, sent, p50, p95, p99 in latency(client, minutes * 60):
+    for channel, sent, p50, p95, p99 in latency(client, minutes * 60, tenant):
         quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
     by_provider = Table("channel", "provider", "sent", "retried", "failed", "top error codes", title="providers")
-    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60):
+    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60, tenant):
         by_provider.add_row(channel, provider, f"{sent:,}", f"{retried:,}", f"{failed:,}", codes)
     console.print(by_status)
     console.print(by_provider)

@@ -21,7 +21,7 @@ from tooling.local import mailbox_dir
 from tooling.mailbox import read_receipts
 from tooling.producer import publish
 from streams.settings import REPO_ROOT, Settings
-from streams.tables import template_key
+from streams.tables import preference_key, template_key
 from streams.topics import PREFERENCES, REQUESTS, TEMPLATES
 
 REQUEST_SCHEMA_JSON = json.loads((REPO_ROOT / "schemas/NotificationRequest.avsc").read_text())
@@ -43,14 +43,15 @@ def put_template(template_id: str, variables: list[str], subject: str, text: str
         "parts": [{"channel": "email", "subject": subject, "text": text, "html": html}],
         "updated_at": datetime.now(timezone.utc),
     })
-    publish(TEMPLATES, [(template_key(template_id, "en", 1), template)])
+    publish(TEMPLATES, [(template_key(template.tenant, template_id, "en", 1), template)])
 
 
-def set_preferences(user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None) -> None:
+def set_preferences(tenant: str, user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None) -> None:
     preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "email": email, "opt_outs": opt_outs or [], "updated_at": datetime.now(timezone.utc),
+        "user_id": user_id, "tenant": tenant, "email": email, "opt_outs": opt_outs or [],
+        "updated_at": datetime.now(timezone.utc),
     })
-    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    publish(PREFERENCES, [(preference_key(tenant, user_id), preferences)])
 
 
 def request(tenant: str, key: str, template_id: str, user_id: str, email: str | None,

@@ -30,6 +30,7 @@ from tests.integration.pipeline_helpers import (
 RUN = uuid.uuid4().hex[:8]
 WELCOME = f"welcome-{RUN}"
 LIFECYCLE = {"accepted", "rendered", "routed", "sent"}
+BAD_INPUT_TENANT = new_tenant()  # preferences are the tenant's: the opted-out user is this tenant's
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +38,7 @@ def templates(pipeline: Settings) -> None:
     put_template(WELCOME, ["name"], "Welcome, {{ name }}!", "Hello {{ name }}, your account is ready.",
                  "<p>Hello <b>{{ name }}</b></p>")
     put_template(f"evil-{RUN}", [], "Hi", "{{ ''.__class__.__mro__ }}")
-    set_preferences(f"opted-out-{RUN}", "quiet@example.com", [{"category": "*", "channel": "email"}])
+    set_preferences(BAD_INPUT_TENANT, f"opted-out-{RUN}", "quiet@example.com", [{"category": "*", "channel": "email"}])
     time.sleep(3)  # the stages fold herald.templates and herald.preferences as they arrive
 
 
@@ -98,7 +99,7 @@ def end_offsets(topic: str, kafka: str) -> dict[TopicPartition, int]:
 def test_bad_input_ends_with_a_reason_and_the_workers_keep_going(
     pipeline: Settings, producer: KafkaProducer, clickhouse: Client, serde: AvroSerde, kafka: str
 ) -> None:
-    tenant = new_tenant()
+    tenant = BAD_INPUT_TENANT
     dlq_start, rejected_start = end_offsets(DLQ.name, kafka), end_offsets(REJECTED.name, kafka)
     garbage = [f"not avro {RUN}".encode(), b"\xc3\x01" + b"\x00" * 8 + RUN.encode()]
     for value in garbage:
