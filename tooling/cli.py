@@ -20,10 +20,13 @@ topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=Tr
 templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
 prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
 inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants' API keys (herald.tenants), through the gateway with HERALD_ADMIN_API_KEY.",
+                          no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(inbox_app, name="inbox")
+app.add_typer(tenants_app, name="tenants")
 console = Console()
 
 
@@ -330,7 +333,7 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
 def cancel(
     notification_id: Annotated[Optional[str], typer.Argument(help="The notification's id.")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Or the idempotency key it was sent with.")] = None,
-    tenant: str = "default",
+    tenant: Annotated[str, typer.Option(help="Your API key's tenant (HERALD_API_KEY), for --idempotency-key.")] = "default",
 ) -> None:
     """Cancel a notification that is not sent yet (a scheduled one), by id or idempotency key."""
     import httpx
@@ -343,11 +346,57 @@ def cancel(
     wanted = notification_id or str(id_of(tenant, idempotency_key, ""))
     settings = get_settings()
     response = httpx.delete(f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{wanted}",
-                            params={"tenant": tenant}, headers={"X-API-Key": settings.api_key}, timeout=10)
+                            headers={"X-API-Key": settings.api_key}, timeout=10)
     if response.status_code != 202:
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {wanted} cancelled: nothing of it not sent yet will be")
+
+
+def admin_request(method: str, path: str) -> dict:
+    """One call to the gateway's admin endpoints (gateway/admin.py) with the admin key; exits on an error."""
+    import httpx
+
+    settings = get_settings()
+    if not settings.admin_api_key:
+        console.print("[red]set HERALD_ADMIN_API_KEY (the gateway's admin key)[/]")
+        raise typer.Exit(2)
+    response = httpx.request(method, f"http://{settings.gateway_host}:{settings.gateway_port}/v1/admin{path}",
+                             headers={"X-API-Key": settings.admin_api_key}, timeout=15)
+    if response.status_code >= 300:
+        console.print(f"[red]{response.status_code}[/] {escape(response.text)}")
+        raise typer.Exit(1)
+    return response.json()
+
+
+@tenants_app.command("create-key")
+def tenants_create_key(tenant: str) -> None:
+    """Make an API key for TENANT and print it. It is shown this once: Herald keeps only its hash."""
+    from urllib.parse import quote
+
+    created = admin_request("POST", f"/tenants/{quote(tenant, safe='')}/keys")
+    Console(stderr=True).print(f"[green]✓[/] key {created['key_id']} of tenant {escape(created['tenant'])}; "
+                  "keep it now, it is not shown again:", highlight=False)
+    print(created["api_key"])
+
+
+@tenants_app.command("revoke-key")
+def tenants_revoke_key(key_id: str) -> None:
+    """Revoke a key: every gateway refuses it once it has read the revocation."""
+    from urllib.parse import quote
+
+    revoked = admin_request("DELETE", f"/keys/{quote(key_id, safe='')}")
+    console.print(f"[green]✓[/] key {revoked['key_id']} of tenant {escape(revoked['tenant'])} revoked "
+                  f"at {revoked['revoked_at']}", highlight=False)
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Every tenant's keys (ids and dates; never a secret)."""
+    table = Table("tenant", "key id", "created", "revoked", title="API keys")
+    for key in admin_request("GET", "/keys")["keys"]:
+        table.add_row(escape(key["tenant"]), key["key_id"], key["created_at"], key["revoked_at"] or "-")
+    console.print(table)
 
 
 replay_app = typer.Typer(help="Rebuild from the log.", no_args_is_help=True)
