@@ -41,9 +41,10 @@ from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
 from sinks.clickhouse_client import connect
-from sinks.queries import timeline
+from sinks.queries import tenants_of, timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.settings import Settings, get_settings
+from streams.tables import cancellation_key
 from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
 from gateway.admin import ADMIN_PATH, register as register_admin
 from gateway.auth import (API_KEYS, REFUSED, ApiKeyLog, ApiKeys, json_error, presented_key, refuse_other_tenant,
@@ -452,18 +453,21 @@ class Gateway:
         """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
         it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it.
 
-        Only the tenant's own notification: one ClickHouse has no event of for this tenant (another
-        tenant's, or not accepted yet) is 404, as for GET."""
+        In the name of the key's tenant, for its own notifications only: 404 when ClickHouse has the
+        notification as another tenant's. One ClickHouse does not know yet (just sent) is cancelled
+        too; deliver honours a cancellation only for a notification of the tenant that made it."""
         try:
             wanted = uuid.UUID(request.match_info["id"])
         except ValueError:
             return json_error(422, "invalid_id", "notification id must be a UUID")
         tenant = tenant_of(request)
-        if not await self.timeline(wanted, tenant):
+        async with self.clickhouse_lock:
+            owners = await asyncio.to_thread(tenants_of, self.clickhouse, wanted)
+        if owners and tenant not in owners:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
         record = NotificationCancelled(notification_id=wanted, tenant=tenant, cancelled_at=datetime.now(timezone.utc))
         try:
-            await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), wanted.bytes,
+            await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), cancellation_key(tenant, wanted),
                                   self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError) as exc:
             return json_error(503, "unavailable", f"Kafka did not take the cancellation: {type(exc).__name__}",

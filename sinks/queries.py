@@ -18,6 +18,11 @@ WHERE notification_id = %(notification_id)s AND (%(tenant)s IS NULL OR tenant = 
 ORDER BY event_time_ms, stage
 """
 
+# The tenants a notification's events name (one, unless a caller made an id of another tenant's).
+TENANTS_OF = """
+SELECT DISTINCT tenant FROM notification_events WHERE notification_id = %(notification_id)s
+"""
+
 COUNTS = """
 SELECT channel, status, count() AS events
 FROM notification_events FINAL
@@ -66,6 +71,10 @@ COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_
 def timeline(client: Client, notification_id: UUID, tenant: str | None) -> list[dict[str, Any]]:
     rows = client.execute(TIMELINE, {"notification_id": str(notification_id), "tenant": tenant})
     return [dict(zip(COLUMNS, row)) for row in rows]
+
+
+def tenants_of(client: Client, notification_id: UUID) -> set[str]:
+    return {tenant for (tenant,) in client.execute(TENANTS_OF, {"notification_id": str(notification_id)})}
 
 
 def counts(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, str, int]]:

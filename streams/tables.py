@@ -266,27 +266,45 @@ class PreferenceTable(FoldedTable):
         return len(self.preferences)
 
 
+def cancellation_key(tenant: str, notification_id: UUID) -> bytes:
+    """Key on herald.cancellations: one per tenant and notification, so a cancellation in one tenant's
+    name never replaces another's in the compacted log. The default tenant's is the id's 16 bytes, as
+    before tenants."""
+    if tenant == DEFAULT_TENANT:
+        return notification_id.bytes
+    return tenant_key(tenant, str(notification_id)).encode()
+
+
 class CancellationTable(FoldedTable):
     """The notifications callers cancelled (herald.cancellations): deliver sends none of theirs. A
-    cancellation is a few dozen bytes and callers cancel few notifications; the log is compacted."""
+    cancellation is a few dozen bytes and callers cancel few notifications; the log is compacted.
+
+    Held as (notification id, tenant): a cancellation counts only for a notification of the tenant
+    that made it. The gateway refuses to cancel another tenant's notification when ClickHouse knows
+    it; this holds in the moment before it does."""
 
     spec = CANCELLATIONS
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(settings, serde, **kwargs)
-        self.cancelled: set[UUID] = set()
+        self.cancelled: set[tuple[UUID, str]] = set()
 
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         if record is not None:
-            self.cancelled.add(record["notification_id"])
-        else:
-            try:
-                self.cancelled.discard(UUID(bytes=key))
-            except ValueError:
-                log.warning("%s: a tombstone with a key that is no notification id: %r", self.spec.name, key)
+            self.cancelled.add((record["notification_id"], record["tenant"]))
+            return
+        try:
+            if len(key) == 16:
+                self.cancelled.discard((UUID(bytes=key), DEFAULT_TENANT))
+            else:
+                tenant, notification_id = tenant_key_parts(key.decode())
+                self.cancelled.discard((UUID(notification_id), tenant))
+        except ValueError:
+            log.warning("%s: a tombstone with a key that is no cancellation's: %r", self.spec.name, key)
 
-    def __contains__(self, notification_id: object) -> bool:
-        return notification_id in self.cancelled
+    def cancels(self, notification: dict[str, Any]) -> bool:
+        """Whether the notification's own tenant cancelled it (a delivery task or a notification)."""
+        return (notification["notification_id"], notification["tenant"]) in self.cancelled
 
     def __len__(self) -> int:
         return len(self.cancelled)

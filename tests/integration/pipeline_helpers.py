@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import httpx
 from clickhouse_driver import Client
 from kafka import KafkaAdminClient, KafkaProducer
 
+from gateway.auth import new_key
 from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.ids import notification_id
 from tooling.local import mailbox_dir
@@ -22,7 +24,7 @@ from tooling.mailbox import read_receipts
 from tooling.producer import publish
 from streams.settings import REPO_ROOT, Settings
 from streams.tables import preference_key, template_key
-from streams.topics import PREFERENCES, REQUESTS, TEMPLATES
+from streams.topics import PREFERENCES, REQUESTS, TEMPLATES, TENANTS
 
 REQUEST_SCHEMA_JSON = json.loads((REPO_ROOT / "schemas/NotificationRequest.avsc").read_text())
 REQUEST_SCHEMA = fastavro.parse_schema(REQUEST_SCHEMA_JSON)
@@ -72,6 +74,20 @@ def produce(producer: KafkaProducer, requests: list[dict[str, Any]]) -> list[str
         producer.send(REQUESTS.name, key=r["idempotency_key"].encode(), value=foreign_encode(r))
     producer.flush()
     return [str(notification_id(r["tenant"], r["idempotency_key"], "")) for r in requests]
+
+
+def tenant_key(settings: Settings, tenant: str, timeout: float = 60) -> str:
+    """A new API key of `tenant`, published to herald.tenants as an operator with Kafka access could
+    (`herald tenants create-key` goes through the gateway's admin key instead); returns once the
+    gateway accepts it."""
+    key, record = new_key(tenant, datetime.now(timezone.utc))
+    publish(TENANTS, [(record.key_id.encode(), record)])
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{uuid.uuid4()}"
+    deadline = time.monotonic() + timeout
+    while httpx.get(url, headers={"X-API-Key": key}, timeout=10).status_code in (401, 503):
+        assert time.monotonic() < deadline, f"the gateway did not take the key of {tenant} within {timeout} s"
+        time.sleep(0.5)
+    return key
 
 
 def new_tenant() -> str:

@@ -24,7 +24,8 @@ from streams.settings import Settings
 from streams.tables import preference_key, template_key
 from streams.topics import PREFERENCES, TEMPLATES
 from tests.stack import environment
-from tests.integration.pipeline_helpers import Mail, events_with, new_tenant, produce, request, wait_for_statuses
+from tests.integration.pipeline_helpers import (Mail, events_with, new_tenant, produce, request, tenant_key,
+                                                wait_for_statuses)
 from tooling.bench import herald_processes
 from tooling.local import start_herald, stop_process
 from tooling.peers.server import peer_dir, read_receipts
@@ -128,8 +129,13 @@ def wait_stored(settings: Settings, providers: tuple[str, ...], ids: set[str], t
     return stored(settings, providers, ids)
 
 
+KEYS: dict[str, str] = {}  # tenant → its API key: a service reads only its own tenant's inboxes
+
+
 def inbox(settings: Settings, tenant: str, user: str, token: str | None = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {"X-API-Key": settings.api_key}
+    if token is None and tenant not in KEYS:
+        KEYS[tenant] = tenant_key(settings, tenant)
+    headers = {"Authorization": f"Bearer {token}"} if token else {"X-API-Key": KEYS[tenant]}
     return httpx.get(f"{gateway_url(settings)}/v1/users/{user}/inbox", params={"tenant": tenant},
                      headers=headers, timeout=10)
 

@@ -23,7 +23,7 @@ from tooling.processes import stage_command
 from streams.settings import Settings
 from streams.topics import DLQ, REJECTED, REQUESTS
 from tests.integration.pipeline_helpers import (
-    Mail, events_with, group_sizes, new_tenant, produce, put_template, request, set_preferences, statuses,
+    Mail, events_with, group_sizes, new_tenant, produce, put_template, request, set_preferences, statuses, tenant_key,
     wait_for_statuses,
 )
 
@@ -51,11 +51,12 @@ def test_1000_from_kafka_and_100_from_the_gateway_arrive_once_each(
     pipeline: Settings, producer: KafkaProducer, clickhouse: Client
 ) -> None:
     tenant = new_tenant()
+    key = tenant_key(pipeline, tenant)  # the gateway takes the tenant from the key
     ids = produce(producer, welcome_requests(tenant, 1000, "k"))
     for i in range(100):
         response = httpx.post(
             f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications",
-            headers={"X-API-Key": pipeline.api_key},
+            headers={"X-API-Key": key},
             json={"tenant": tenant, "template_id": WELCOME, "idempotency_key": f"g-{i}",
                   "recipient": {"user_id": f"user-g-{i}", "email": f"g{i}@example.com"},
                   "variables": {"name": f"Gateway {i}"}},
@@ -280,7 +281,7 @@ def test_scheduled_notifications_arrive_on_time_never_early_and_a_cancelled_one_
     ids = produce(producer, requests)
     cancelled = ids[-1]  # due last, 30 s ahead
     response = httpx.delete(f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications/{cancelled}",
-                            params={"tenant": tenant}, headers={"X-API-Key": pipeline.api_key}, timeout=10)
+                            headers={"X-API-Key": tenant_key(pipeline, tenant)}, timeout=10)
     assert response.status_code == 202
     wanted = set(ids) - {cancelled}
     received = Mail(pipeline, sorted(wanted)).wait_for_all(timeout=90)

@@ -19,7 +19,8 @@ from gateway.server import Gateway
 from schemas.models import ApiKeyChanged
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.topics import REQUESTS, TENANTS
+from streams.tables import cancellation_key
+from streams.topics import CANCELLATIONS, REQUESTS, TENANTS
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 ADMIN = {"X-API-Key": "admin-secret"}
@@ -183,15 +184,18 @@ async def test_the_same_idempotency_key_of_two_tenants_is_two_notifications() ->
 
 
 async def test_status_and_cancel_of_another_tenants_notification_are_404(monkeypatch: pytest.MonkeyPatch) -> None:
-    owned: dict[uuid.UUID, str] = {}
+    owned: dict[uuid.UUID, str] = {}  # what ClickHouse knows: each notification's tenant
 
     def timeline(client: object, notification_id: uuid.UUID, tenant: str | None) -> list[dict[str, Any]]:
-        """ClickHouse's answer: the events of the notification, if `tenant` is its tenant."""
         if owned.get(notification_id) != tenant:
             return []
         return [{"at_ms": 1, "stage": "ingest", "status": "accepted"}]
 
+    def tenants_of(client: object, notification_id: uuid.UUID) -> set[str]:
+        return {owned[notification_id]} if notification_id in owned else set()
+
     monkeypatch.setattr(server_module, "timeline", timeline)
+    monkeypatch.setattr(server_module, "tenants_of", tenants_of)
     producer = Producer()
     async with gateway_client(producer) as client:
         acme = {"X-API-Key": await create_key(client, "acme")}
@@ -203,10 +207,14 @@ async def test_status_and_cancel_of_another_tenants_notification_are_404(monkeyp
         assert (await client.get(f"/v1/notifications/{nid}", headers=globex)).status == 404
         assert (await client.get(f"/v1/notifications/{nid}", headers={"X-API-Key": "default-secret"})).status == 404
         assert (await client.delete(f"/v1/notifications/{nid}", headers=globex)).status == 404
-        assert not producer.decoded("herald.cancellations", "NotificationCancelled")
+        assert not producer.decoded(CANCELLATIONS.name, "NotificationCancelled")
         assert (await client.delete(f"/v1/notifications/{nid}", headers=acme)).status == 202
-        [cancelled] = producer.decoded("herald.cancellations", "NotificationCancelled")
-        assert (cancelled["notification_id"], cancelled["tenant"]) == (nid, "acme")
+        not_known_yet = uuid.uuid4()
+        assert (await client.delete(f"/v1/notifications/{not_known_yet}", headers=globex)).status == 202
+    cancellations = [(key, default_serde().decode(value, "NotificationCancelled"))
+                     for topic, key, value in producer.sent if topic == CANCELLATIONS.name]
+    assert [(r["notification_id"], r["tenant"]) for _, r in cancellations] == [(nid, "acme"), (not_known_yet, "globex")]
+    assert [key for key, _ in cancellations] == [cancellation_key("acme", nid), cancellation_key("globex", not_known_yet)]
 
 
 def test_a_record_of_the_schema_round_trips() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.tables import (PreferenceTable, StateTable, TemplateTable, preference_key, template_key,
+from streams.tables import (CancellationTable, PreferenceTable, cancellation_key, StateTable, TemplateTable, preference_key, template_key,
                             template_key_parts, tenant_key, tenant_key_parts)
 from streams.topics import CONTACTS_REMOVED, IDEMPOTENCY_KEYS
 from tests.unit import records
@@ -266,6 +266,22 @@ def test_a_bare_key_written_before_tenants_is_the_default_tenants(preferences: P
     assert preferences.get("default", "bob") is not None
     preferences.fold(b"bob", None)
     assert preferences.get("default", "bob") is None
+
+
+def test_a_cancellation_counts_only_for_the_tenant_that_made_it() -> None:
+    table = CancellationTable(Settings())
+    nid = uuid.uuid4()
+    table.fold(cancellation_key("globex", nid), {"notification_id": nid, "tenant": "globex"})
+    assert not table.cancels({"notification_id": nid, "tenant": "acme"})
+    table.fold(cancellation_key("acme", nid), {"notification_id": nid, "tenant": "acme"})
+    assert table.cancels({"notification_id": nid, "tenant": "acme"})
+    assert len({cancellation_key(t, nid) for t in ("default", "acme", "globex")}) == 3  # none replaces another
+    assert cancellation_key("default", nid) == nid.bytes  # as before tenants
+    table.fold(cancellation_key("acme", nid), None)
+    assert not table.cancels({"notification_id": nid, "tenant": "acme"}) and len(table) == 1
+    table.fold(nid.bytes, {"notification_id": nid, "tenant": "default"})
+    table.fold(nid.bytes, None)
+    assert len(table) == 1
 
 
 # --- StateTable: blocks, TTL while folding, malformed entries ---------------------------------------------
