@@ -8,9 +8,11 @@ GET  /health                    unauthenticated
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
-GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; the API key or the user's token)
-Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), and each
-key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; an API key or the user's token)
+/v1/admin/…                     tenants' API keys (gateway/admin.py; the admin key)
+Everything else needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), which says
+the tenant the request acts for (gateway/auth.py, `tenant_of`); a body naming another tenant is 403.
+Each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
 
 What a request may hold is bounded here, before anything is produced (docs/architecture.md
 section 5 has the table): string lengths per field, variables, metadata, recipients per batch.
