@@ -323,7 +323,7 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     # Plain prints: paths and URLs a reader copies must not be wrapped or cut to the terminal's width.
     print(f"mail        {mail / 'messages'}")
     print(f"providers   {settings.data_dir / 'peers'}/<provider>/received.jsonl")
-    token = mint_token(settings.inbox.token_secret.get_secret_value(), "demo", "alice", 24 * 3600)
+    token = mint_token(settings.inbox.token_secret.get_secret_value(), "default", "alice", 24 * 3600)
     print(f"inbox       curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
     print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
     print(f"timeline    herald status {ids[0]}")
