@@ -17,12 +17,15 @@ import asyncio
 import hashlib
 import logging
 import random
+import time
 from datetime import datetime, timedelta
 from collections.abc import Iterable
 from typing import Any
 
 from agents.channels import CHANNELS
 from agents.channels.base import ChannelAdapter, Outcome, Result
+from streams.health import PROVIDER_SECONDS
+from streams.logs import NOTIFICATION_ID
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outputs, StageSpec, StateSpec, now_utc
 from streams.topics import (CONTACTS_REMOVED, DELIVER, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, RETRY,
@@ -91,11 +94,15 @@ async def deliver(batch: list[Incoming], context: Context) -> Outputs:
 
 async def send(context: Context, task: dict[str, Any]) -> Outcome:
     """The provider's answer; an adapter that raises is a transient failure, never a lost batch."""
+    NOTIFICATION_ID.set(str(task["notification_id"]))
+    started = time.perf_counter()
     try:
-        return await context.services[task["channel"]].send(task)
+        outcome = await context.services[task["channel"]].send(task)
     except Exception as exc:  # a bug in an adapter must not take the other tasks of the batch with it
         log.exception("deliver: %s adapter raised on %s", task["channel"], task["notification_id"])
-        return Outcome(Result.TRANSIENT, "adapter_error", f"{type(exc).__name__}: {exc}")
+        outcome = Outcome(Result.TRANSIENT, "adapter_error", f"{type(exc).__name__}: {exc}")
+    PROVIDER_SECONDS.labels(task["channel"], outcome.result.value).observe(time.perf_counter() - started)
+    return outcome
 
 
 def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, outcome: Outcome) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 from jinja2 import Template, nodes
 
 from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
-from streams.stage import Context, Incoming, Outputs, StageSpec
+from streams.stage import Context, Incoming, Outputs, StageSpec, user_key
 from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
 
 FIELDS = ("subject", "text", "html")
@@ -173,7 +173,7 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
             out.reject(notification, "template_error", str(exc))
             continue
         notification["template_version"] = found["version"]
-        out.send(RENDERED, record.key, notification)
+        out.send(RENDERED, user_key(notification).encode(), notification)
         out.event(notification, "rendered")
     return out
 

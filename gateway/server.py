@@ -20,6 +20,7 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
+import logging
 import json
 import math
 import re
@@ -45,6 +46,7 @@ from streams.producers import RenewingProducer
 from sinks.clickhouse_client import connect
 from sinks.queries import tenants_of, timeline
 from streams.ids import log_position, member_key, member_position, notification_id
+from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
 from streams.tables import cancellation_key
 from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
@@ -485,5 +487,8 @@ class Gateway:
 
 def serve(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
+    if settings.log_format == "json":
+        logging.basicConfig(level=logging.INFO)
+        use_json_logs("gateway")
     web.run_app(Gateway(settings).web_app(), host=settings.gateway_host, port=settings.gateway_port,
                 print=None, access_log=None)

@@ -3,8 +3,9 @@
 /healthz is 200 while the worker's event loop answers. /readyz is 200 once its folded tables have
 caught up and (for a stage with agents) its consumer holds partitions: a worker that is still
 restoring state, or has nothing assigned, is not taking work. /metrics is Prometheus text: records
-in and out per topic, dead letters and rejections by reason, the time a batch takes, and consumer
-lag per partition (read when scraped).
+in and out per topic, lifecycle outcomes (rejections, suppressions, retries, dead letters...) by
+status and reason, the time from the request to each of the stage's events, provider call latency
+(deliver), the time a batch takes, and consumer lag per partition (read when scraped).
 
 `health_port` 0 picks a free port and writes it to `<data_dir>/run/health-<stage>.port` (the local
 supervisor runs six workers on one host); Kubernetes sets a fixed one for its probes.
@@ -27,6 +28,15 @@ RECORDS_IN = Counter("herald_stage_records_in_total", "Records a stage took from
 RECORDS_OUT = Counter("herald_stage_records_out_total", "Records a stage produced to a topic", ["stage", "topic"])
 BATCH_SECONDS = Histogram("herald_stage_batch_seconds", "Decode, handle, produce and acknowledge one batch",
                           ["stage"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+OUTCOMES = Counter("herald_stage_outcomes_total",
+                   "Lifecycle events a stage emitted, by status and reason (error code); dead letters as "
+                   "status dead_letter", ["stage", "status", "reason"])
+SINCE_REQUEST = Histogram("herald_stage_since_request_seconds",
+                          "From the request to a stage's lifecycle event about it", ["stage", "status"],
+                          buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600))
+PROVIDER_SECONDS = Histogram("herald_provider_seconds", "One provider call (a send), by channel and result",
+                             ["channel", "result"],
+                             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 LAG = Gauge("herald_stage_consumer_lag", "Messages behind the end of an assigned partition",
             ["stage", "topic", "partition"])
 

@@ -37,11 +37,13 @@ from schemas.serde import AvroSerde, RegistryUnavailableError, SchemaDecodeError
 from streams.codec import default_serde
 from streams.app import create_app
 from streams.codec import bundle, chunks, unbundle
-from streams.health import BATCH_SECONDS, RECORDS_IN, RECORDS_OUT, HealthServer
+from streams.health import BATCH_SECONDS, OUTCOMES, RECORDS_IN, RECORDS_OUT, SINCE_REQUEST, HealthServer
+from streams.logs import NOTIFICATION_ID
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
 from streams.tables import CancellationTable, FoldedTable, PreferenceTable, StateTable, TemplateTable
 from streams.topics import TopicSpec
+from streams.user_state import UserStateTable
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class StageRuntime:
         for state in spec.state:
             table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
             self.context.state[state.topic.name] = self.table(table)
+        for changelog in spec.user_state:
+            self.context.user_state[changelog.name] = UserStateTable(settings, changelog)
         self.context.services = spec.services(settings) if spec.services else {}
         self.health = HealthServer(settings, spec.name, self.ready, self.consumer_lag)
         if spec.handle is not None:
@@ -82,11 +86,15 @@ class StageRuntime:
                 self.add_agent(source)
             if self.context.state:
                 self.app.timer(interval=60.0)(self.purge_state)
+            if self.context.user_state:
+                self.app.on_partitions_revoked.connect(self.forget_user_state)
+        if spec.tick is not None:
+            self.app.timer(interval=getattr(settings, spec.tick_setting))(self.run_tick)
 
     @property
     def services(self) -> list[faust.types.ServiceT]:
         """What the worker starts beside the app: folded tables, provider adapters, a sink."""
-        return [*self.tables, *self.context.services.values(), self.health]
+        return [*self.tables, *self.context.user_state.values(), *self.context.services.values(), self.health]
 
     def ready(self) -> bool:
         """Tables caught up and, for a stage with agents, partitions assigned (streams/health.py)."""
@@ -127,6 +135,7 @@ class StageRuntime:
                       else self.settings.stage_batch_within_s)
             async for events in stream.noack_take(self.settings.stage_batch_max, within=within):
                 try:
+                    await self.load_user_state(events)
                     await self.process(source, events)
                 except Exception as exc:
                     # Unacked, the batch would stall its partitions' commits for good: the worker
@@ -160,12 +169,49 @@ class StageRuntime:
     async def emit(self, out: Outputs, block_id: str) -> None:
         """Produce a chunk's outputs and state; once acknowledged, fold the state into its tables."""
         blocks = out.state_blocks(block_id)
-        await self.produce([*out.records, *blocks])
-        for topic, count in Counter(record.topic.name for record in out.records).items():
-            RECORDS_OUT.labels(self.spec.name, topic).inc(count)
+        user_writes = out.user_state_records()
+        await self.produce([*out.records, *blocks, *user_writes])
+        self.count(out)
         for block in blocks:
             table = self.context.state[block.topic.name]
             table.fold(block.key or b"", table.decode(block.value or b"null"))
+        for write in user_writes:
+            assert write.partition is not None
+            self.context.user_state[write.topic.name].apply(write.partition, write.key, write.value)
+
+    def count(self, out: Outputs) -> None:
+        """The metrics of an acknowledged chunk: records out per topic, outcomes by reason, latency."""
+        for topic, count in Counter(record.topic.name for record in out.records).items():
+            RECORDS_OUT.labels(self.spec.name, topic).inc(count)
+        for (status, reason), count in out.tally.items():
+            OUTCOMES.labels(self.spec.name, status, reason).inc(count)
+        for status, seconds in out.since_request:
+            SINCE_REQUEST.labels(self.spec.name, status).observe(seconds)
+
+    async def load_user_state(self, events: list[faust.EventT]) -> None:
+        """Before a batch is handled: the per-user state of its partitions, read if not held yet."""
+        if self.context.user_state:
+            partitions = {event.message.partition for event in events}
+            for table in self.context.user_state.values():
+                await table.load(partitions)
+
+    def forget_user_state(self, sender: Any, revoked: set[Any], **kwargs: Any) -> None:
+        for table in self.context.user_state.values():
+            table.forget(tp.partition for tp in revoked)
+
+    async def run_tick(self) -> None:
+        """The stage's time-driven work, emitted like a batch's outputs."""
+        assert self.spec.tick is not None
+        if not all(table.ready.is_set() for table in self.tables):
+            return
+        result = self.spec.tick(self.context)
+        out = await result if inspect.isawaitable(result) else result
+        try:
+            await self.emit(out, f"tick~{uuid.uuid4().hex}")
+        except Exception as exc:
+            log.exception("%s: giving up on a tick's outputs", self.spec.name)
+            await self.app.crash(exc)
+            raise
 
     async def decode_batch(self, source: TopicSpec, events: list[faust.EventT]) -> tuple[Outputs, list[Incoming]]:
         """Decode the batch; while the schema registry is unreachable, wait: the records may be fine."""
@@ -229,13 +275,13 @@ class StageRuntime:
         out = self.context.outputs()
         try:
             for record in batch:
-                self.context.carried_state = out.state
+                self.context.carried = out
                 try:
                     out.extend(await self.call([record]))
                 except Exception as exc:
                     out.extend(self.poison(record, exc))
         finally:
-            self.context.carried_state = {}
+            self.context.carried = None
         return out
 
     async def call(self, batch: list[Incoming]) -> Outputs:
@@ -244,9 +290,11 @@ class StageRuntime:
         return await result if inspect.isawaitable(result) else result
 
     def poison(self, record: Incoming, exc: Exception) -> Outputs:
+        notification_id = record.value.get("notification_id") if isinstance(record.value, dict) else None
+        NOTIFICATION_ID.set(str(notification_id) if notification_id else None)
         log.exception("%s: failed on %s", self.spec.name, record.position)
         out = self.context.outputs()
-        notification_id = record.value.get("notification_id") if isinstance(record.value, dict) else None
+        NOTIFICATION_ID.set(None)
         out.dead_letter(record, "processing_error", f"{type(exc).__name__}: {exc}", notification_id=notification_id)
         return out
 
@@ -260,7 +308,7 @@ class StageRuntime:
                 partition = partition_for(record.key, self.settings.topic_partitions) if record.topic.key_ordered else -1
                 grouped[(record.topic, partition)].append((record.key, record.value))
             else:
-                messages.append((record.topic.name, record.key, record.value, None))
+                messages.append((record.topic.name, record.key, record.value, record.partition))
         for (topic, partition), keyed in grouped.items():
             for chunk in chunks(keyed, self.settings.bundle_max_records, self.settings.max_record_bytes):
                 # Any partition will do where key order does not matter: the first key's spreads them.

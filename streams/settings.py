@@ -2,6 +2,7 @@
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,6 +173,8 @@ class Settings(BaseSettings):
     # Waiting topics (retries, scheduled sends): a task not due yet goes back to its topic and is
     # read again this soon, so a scheduled notification goes out within about this of its time.
     stage_delayed_within_s: float = 0.2
+    # How often a stage with time-driven work (StageSpec.tick: digest windows closing) looks for it.
+    stage_tick_s: float = 1.0
     stage_handler_records: int = 2000
     # Records per RecordBundle message on internal topics (and never more than max_record_bytes).
     bundle_max_records: int = 500
@@ -272,6 +275,8 @@ class Settings(BaseSettings):
     # to <data_dir>/run/health-<stage>.port (locally, six workers share a host).
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # "text", or "json": one JSON object per line, with the notification id on lines about one (streams/logs.py).
+    log_format: Literal["text", "json"] = "text"
 
     # Local provider peers (tooling/peers): one HTTP server for every HTTP provider, run by `herald up`.
     peers_host: str = "127.0.0.1"

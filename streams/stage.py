@@ -9,6 +9,7 @@ I/O of its own, so a unit test calls it with a list of dicts and reads back what
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -24,10 +25,17 @@ if TYPE_CHECKING:
     from mode import ServiceT
 
     from streams.tables import CancellationTable, PreferenceTable, StateTable, TemplateTable
+    from streams.user_state import UserStateTable
 
 
 def now_utc() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def user_key(record: Mapping[str, Any]) -> str:
+    """`<tenant>/<user_id>`: the key of a user's per-user state, and of the internal topics that
+    feed it, so a user's records share one partition (streams/user_state.py)."""
+    return f"{record['tenant']}/{record['recipient']['user_id']}"
 
 
 class RecordTooLarge(ValueError):
@@ -62,6 +70,7 @@ class Outgoing:
     topic: TopicSpec
     key: bytes | None
     value: bytes | None
+    partition: int | None = None  # set for a user state write: the partition of its user's input
 
 
 def lifecycle_event(
@@ -119,6 +128,11 @@ class Outputs:
         # Pending state writes by (table, key): applied to the tables once the batch's outputs are
         # acknowledged by the broker.
         self.state: dict[tuple[str, str], tuple[StateTable, str, Any]] = {}
+        # (status, reason) → count, and each event's seconds since its request: the metrics.
+        self.tally: Counter[tuple[str, str]] = Counter()
+        self.since_request: list[tuple[str, float]] = []
+        # Pending per-user state writes by (table, user key): (table, partition, value).
+        self.user_state: dict[tuple[str, str], tuple[UserStateTable, int, Any]] = {}
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,9 +148,17 @@ class Outputs:
                 for name, entries in writes.items()
                 for key, value in tables[name].encode(block_id, entries)]
 
+    def user_state_records(self) -> list[Outgoing]:
+        """The per-user state writes, each to its user's partition of the table's changelog."""
+        return [Outgoing(table.spec, key.encode(), table.encode(value), partition)
+                for (_, key), (table, partition, value) in self.user_state.items()]
+
     def extend(self, other: Outputs) -> None:
         self.records.extend(other.records)
+        self.tally.update(other.tally)
+        self.since_request.extend(other.since_request)
         self.state.update(other.state)
+        self.user_state.update(other.user_state)
 
     def of(self, topic: TopicSpec) -> list[dict[str, Any]]:
         """The decoded records emitted to one topic (for tests and logs)."""
@@ -151,7 +173,10 @@ class Outputs:
 
     def event(self, subject: Mapping[str, Any], status: str, **fields: Any) -> None:
         """A lifecycle event about a notification or a delivery task, to herald.events."""
-        self.send(EVENTS, subject["notification_id"].bytes, lifecycle_event(subject, status, self.stage, **fields))
+        event = lifecycle_event(subject, status, self.stage, **fields)
+        self.send(EVENTS, subject["notification_id"].bytes, event)
+        self.tally[(status, event["error_code"] or "")] += 1
+        self.since_request.append((status, event["latency_ms"] / 1000))
 
     def reject(self, notification: Mapping[str, Any], reason_code: str, detail: str) -> None:
         """Refuse a notification: a Rejection on herald.rejected and a `rejected` lifecycle event."""
@@ -191,6 +216,7 @@ class Outputs:
                           detail=f"{letter['detail']} [original truncated to {kept} of {len(value or b'')} bytes]")
             encoded = self.serde.encode("DeadLetter", letter)
         self.records.append(Outgoing(DLQ, key, encoded))
+        self.tally[("dead_letter", reason_code)] += 1
 
     def put_state(self, table: StateTable, key: str, value: Any) -> None:
         """Write a stage's own state; the runtime produces it (one block per table and batch) with
@@ -200,6 +226,16 @@ class Outputs:
     def pending_state(self, table: StateTable, key: str) -> Any:
         """The value this batch wrote for `key`, else the table's (a repeat within one batch counts)."""
         pending = self.state.get((table.spec.name, key))
+        return table.get(key) if pending is None else pending[2]
+
+    def put_user_state(self, table: UserStateTable, key: str, value: Any, partition: int) -> None:
+        """Write a user's whole state (None deletes it) to `partition`: the input partition of the
+        record that made the write, or `table.partition_of(key)` (see streams/user_state.py)."""
+        self.user_state[(table.spec.name, key)] = (table, partition, value)
+
+    def pending_user_state(self, table: UserStateTable, key: str) -> Any:
+        """The user's state as this batch left it, else the table's."""
+        pending = self.user_state.get((table.spec.name, key))
         return table.get(key) if pending is None else pending[2]
 
 
@@ -214,20 +250,31 @@ class Context:
     preferences: PreferenceTable | None = None
     cancellations: CancellationTable | None = None
     state: dict[str, StateTable] = field(default_factory=dict)
+    # Per-user state by changelog topic name (streams/user_state.py).
+    user_state: dict[str, UserStateTable] = field(default_factory=dict)
     # Services by name, started with the worker: deliver's provider adapters (by channel), track's sink.
     services: dict[str, Any] = field(default_factory=dict)
 
     # State writes of earlier records of the batch, when the runtime hands its records over one by
     # one (after the batch raised): a repeat is still a repeat of what came before it.
-    carried_state: dict[tuple[str, str], tuple[StateTable, str, Any]] = field(default_factory=dict)
+    carried: Outputs | None = None
 
     def outputs(self) -> Outputs:
         out = Outputs(self.stage, self.serde, self.settings.max_record_bytes)
-        out.state.update(self.carried_state)
+        if self.carried is not None:
+            out.state.update(self.carried.state)
+            out.user_state.update(self.carried.user_state)
         return out
 
 
 Handler = Callable[[list[Incoming], Context], "Outputs | Awaitable[Outputs]"]
+# Work due by time rather than by a record (a digest window closing): called every tick.
+Tick = Callable[[Context], "Outputs | Awaitable[Outputs]"]
+
+
+def stage_app_id(settings: Settings, stage: str) -> str:
+    """A stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
+    return f"{settings.app_id}-{stage}"
 
 
 @dataclass(frozen=True)
@@ -250,6 +297,10 @@ class StageSpec:
     handle: Handler | None = None
     tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences"
     state: tuple[StateSpec, ...] = ()
+    # Changelogs of per-user state, partitioned like the inputs (streams/user_state.py).
+    user_state: tuple[TopicSpec, ...] = ()
+    tick: Tick | None = None
+    tick_setting: str = "stage_tick_s"
     # Services the stage runs beside its agents: provider adapters (by channel) or a sink.
     services: Callable[[Settings], dict[str, ServiceT]] | None = None
     # The setting that bounds the records handed to the handler at once. Their outputs are in Kafka
@@ -263,8 +314,7 @@ class StageSpec:
     group: str | None = None
 
     def app_id(self, settings: Settings) -> str:
-        """The stage's Faust app id, which is its agents' consumer group: `<app id>-<stage>`."""
-        return f"{settings.app_id}-{self.name}"
+        return stage_app_id(settings, self.name)
 
     def group_id(self, settings: Settings) -> str:
         """The consumer group whose lag is the stage's backlog."""

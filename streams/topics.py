@@ -47,8 +47,8 @@ ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; val
                    key_ordered=False)
 VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
                    key_ordered=False)
-RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True,
-                   key_ordered=False)
+# Keyed by user (`<tenant>/<user_id>`): route keeps per-user state (frequency caps) by partition.
+RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
 SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       "route produces deliveries with a send_at ahead (due_at); deliver sends them on when due",
                       bundled=True)

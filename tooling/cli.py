@@ -63,7 +63,8 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
 ) -> None:
     """Run one stage as a Faust worker, or all of them, one process each."""
-    # Late: the supervisor of `--stage all` then holds none of the stages' libraries in memory.
+    # Late, and the registry imports a stage only when asked for it: the supervisor of `--stage all`
+    # holds none of the stages' libraries in memory.
     from agents.registry import STAGES
     from streams.worker import run_stage
 

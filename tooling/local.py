@@ -54,7 +54,7 @@ def herald(*args: str) -> list[str]:
 
 
 def stage_names() -> list[str]:
-    from agents.registry import STAGES  # late: the registry imports every stage's libraries
+    from agents.registry import STAGES
 
     return list(STAGES)
 

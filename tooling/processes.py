@@ -35,15 +35,15 @@ def forget_static_members(stages: list[str]) -> None:
     from kafka.admin import MemberToRemove
     from kafka.errors import KafkaError
 
-    from agents.registry import STAGES
     from streams.settings import get_settings
+    from streams.stage import stage_app_id
 
     settings = get_settings()
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-supervisor")
     try:
         for stage in stages:
             try:
-                admin.remove_group_members(STAGES[stage].app_id(settings), [MemberToRemove(group_instance_id=instance_id(stage))])
+                admin.remove_group_members(stage_app_id(settings, stage), [MemberToRemove(group_instance_id=instance_id(stage))])
             except KafkaError:
                 pass  # no such group or member yet: nothing to forget
     finally:

@@ -4,6 +4,8 @@ on batches that mix good records, a poison record (one that makes the handler ra
 No Kafka: the runtime's Faust app is built but never started; tables are folded by hand.
 """
 
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -268,3 +270,13 @@ async def test_a_retry_not_due_goes_back_to_its_retry_topic_instead_of_holding_t
     assert time.monotonic() - started < 1
     assert notification_ids(out, DELIVER_BY_NAME[deliver_topic("email")]) == [uuid.UUID(int=1)]
     assert notification_ids(out, RETRY[1]) == [uuid.UUID(int=2)]
+
+
+def test_the_registry_names_stages_without_importing_them() -> None:
+    """The supervisor of `herald worker --stage all` needs the names only; a worker imports its own stage."""
+    code = ("import sys; from agents.registry import STAGES; names = list(STAGES); "
+            "assert not any(m in sys.modules for m in ('agents.deliver', 'agents.ingest', 'twilio')), names; "
+            "STAGES['ingest']; assert 'agents.ingest' in sys.modules and 'agents.deliver' not in sys.modules; "
+            "print(','.join(names))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ",".join(STAGES)
