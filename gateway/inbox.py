@@ -24,9 +24,7 @@ first part with `inbox.token_secret`). `herald inbox token USER` mints one.
 """
 
 import asyncio
-import contextlib
 import json
-import logging
 import math
 import time
 import uuid
@@ -53,8 +51,6 @@ from streams.topics import INBOX
 
 if TYPE_CHECKING:
     from gateway.server import Gateway
-
-log = logging.getLogger(__name__)
 
 Owner = tuple[str, str]  # (tenant, user id)
 OWNER = web.RequestKey("owner", tuple)  # whose inbox a request may read, set by InboxApi.authorize
@@ -306,7 +302,8 @@ class InboxApi:
             tenant = tenant_param(request)
         except ValueError as exc:
             return json_error(422, "invalid_request", str(exc))
-        if "X-API-Key" in request.headers or same_key(bearer(request), self.settings.api_key) or key_parts(bearer(request)):
+        presented = bearer(request)
+        if "X-API-Key" in request.headers or same_key(presented, self.settings.api_key) or key_parts(presented):
             return self.server_caller(request, tenant, user)
         token = bearer(request) or request.query.get("token", "")
         try:

@@ -323,7 +323,8 @@ def contacts(settings: Settings, tenant: str, user: int) -> PreferencesUpdated:
 
 def publish_contacts(settings: Settings, tenant: str, users: int) -> None:
     """The bench users' preferences, rewritten each run (which also revives a contact marked dead)."""
-    publish(PREFERENCES, [(preference_key(tenant, bench_user(user)), contacts(settings, tenant, user)) for user in range(users)])
+    publish(PREFERENCES, [(preference_key(tenant, bench_user(user)), contacts(settings, tenant, user))
+                          for user in range(users)])
 
 
 def peers_url(settings: Settings) -> str:

@@ -144,7 +144,11 @@ def templates_put(
         document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
         template = TemplateUpserted.model_validate(document)
         problems += template_problems(template.model_dump(), allow_unsafe_html)
-        records.append((template_key(template.tenant, template.template_id, template.locale, template.version), template))
+        try:
+            records.append((template_key(template.tenant, template.template_id, template.locale, template.version),
+                            template))
+        except ValueError as exc:  # a tenant name no log key can hold
+            problems.append(f"template {template.template_id}: {exc}")
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {escape(problem)}")
@@ -181,7 +185,12 @@ def prefs_set(
         "chat_webhook": chat_webhook, "locale": locale,
         "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
     })
-    publish(PREFERENCES, [(preference_key(tenant, user_id), preferences)])
+    try:
+        key = preference_key(tenant, user_id)
+    except ValueError as exc:  # a tenant name no log key can hold
+        console.print(f"[red]✗[/] {escape(str(exc))}")
+        raise typer.Exit(2)
+    publish(PREFERENCES, [(key, preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
 

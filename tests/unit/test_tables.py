@@ -11,8 +11,8 @@ import pytest
 
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.tables import (CancellationTable, PreferenceTable, cancellation_key, StateTable, TemplateTable, preference_key, template_key,
-                            template_key_parts, tenant_key, tenant_key_parts)
+from streams.tables import (CancellationTable, PreferenceTable, StateTable, TemplateTable, cancellation_key,
+                            preference_key, template_key, template_key_parts, tenant_key, tenant_key_parts)
 from streams.topics import CONTACTS_REMOVED, IDEMPOTENCY_KEYS
 from tests.unit import records
 
