@@ -11,6 +11,10 @@ and the state write.
 
 Transient failures go to a retry topic (herald.retry.<delay>) with `due_at`; the retry agent sends
 them back when due. After the last attempt: a `failed` and a `dead_lettered` event and herald.dlq.
+
+A notification's fallback channel gets one task when its delivery failed for good, or, on a channel
+whose provider reports deliveries (SMS), when no `delivered` report (herald.receipts) came within
+`fallback_after_s` of its category: a watch waits on herald.scheduled and is checked when due.
 """
 
 import asyncio
@@ -67,6 +71,9 @@ async def deliver(batch: list[Incoming], context: Context) -> Outputs:
     todo: dict[str, Incoming] = {}
     now = now_utc()
     for record in batch:
+        if record.value["awaiting_receipt"]:
+            check_receipt(out, context, record.value)
+            continue
         key = delivered_key(record.value)
         # Sent before a crash or rebalance (this is the replay), or twice in one batch: once is enough.
         if delivered.get(key) is not None or key in todo:
@@ -111,6 +118,7 @@ def record_outcome(out: Outputs, context: Context, record: Incoming, key: str, o
     if outcome.result is Result.SENT:
         out.put_state(context.state[DELIVERED.name], key, True)
         emit(out, task, "sent", adapter, outcome)  # the provider that took it, and its detail (SMS segments…)
+        watch_for_receipt(out, context.settings, task)
     elif outcome.result is Result.TRANSIENT and task["attempt"] + 1 < context.settings.delivery_max_attempts:
         schedule_retry(out, task, outcome, adapter)
     else:
@@ -145,7 +153,7 @@ def schedule_retry(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter
 def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAdapter) -> None:
     task = record.value
     emit(out, task, "failed", adapter, outcome)
-    fall_back(out, task, outcome)
+    fall_back(out, task, f"failed for good ({outcome.code})")
     if outcome.result is Result.DEAD_ADDRESS:
         remove_contact(out, task, outcome, adapter)
         return
@@ -156,18 +164,44 @@ def give_up(out: Outputs, record: Incoming, outcome: Outcome, adapter: ChannelAd
                     notification_id=task["notification_id"])
 
 
-def fall_back(out: Outputs, task: dict[str, Any], outcome: Outcome) -> None:
-    """The delivery failed for good: the fallback channel's task, once (it carries no fallback itself),
-    and a `routed` event in the timeline saying why."""
+def fall_back(out: Outputs, task: dict[str, Any], why: str) -> None:
+    """The delivery failed for good, or was not delivered in time: the fallback channel's task, once
+    (it carries no fallback itself), and a `routed` event in the timeline saying why."""
     fallback = task["fallback"]
     if fallback is None:
         return
     instead = dict(task, channel=fallback["channel"], address=fallback["address"], content=fallback["content"],
-                   attempt=0, due_at=None, fallback=None)
+                   attempt=0, due_at=None, fallback=None, awaiting_receipt=False)
     topic = DELIVER_BY_NAME[deliver_topic(fallback["channel"], task["priority"] == "high")]
     out.send(topic, task["recipient"]["user_id"].encode(), instead)
     out.event(instead, "routed", channel=fallback["channel"], error_code="fallback",
-              detail=f"{task['channel']} failed for good ({outcome.code}): falling back to {fallback['channel']}")
+              detail=f"{task['channel']} {why}: falling back to {fallback['channel']}")
+
+
+def fallback_after_s(settings: Settings, category: str) -> float | None:
+    """How long a delivery may wait for its `delivered` report before its fallback goes (None: forever)."""
+    waits = settings.fallback_after_s
+    return waits.get(category, waits.get("*"))
+
+
+def watch_for_receipt(out: Outputs, settings: Settings, task: dict[str, Any]) -> None:
+    """Sent, with a fallback, on a channel whose provider reports deliveries: a watch on the waiting
+    topic that comes back when the wait is over (`check_receipt`)."""
+    wait = fallback_after_s(settings, task["category"])
+    if task["fallback"] is None or wait is None or not CHANNELS[task["channel"]].reports_delivery:
+        return
+    watch = dict(task, awaiting_receipt=True, due_at=now_utc() + timedelta(seconds=wait))
+    out.send(SCHEDULED, task["recipient"]["user_id"].encode(), watch)
+
+
+def check_receipt(out: Outputs, context: Context, task: dict[str, Any]) -> None:
+    """A watch came due: the fallback goes unless the provider reported the delivery delivered."""
+    assert context.receipts is not None
+    status = context.receipts.status(task["notification_id"], task["channel"])
+    if status == "delivered":
+        return
+    reported = "reported failed by the provider" if status == "failed" else "not reported delivered"
+    fall_back(out, task, f"{reported} within {fallback_after_s(context.settings, task['category']):g} s")
 
 
 def remove_contact(out: Outputs, task: dict[str, Any], outcome: Outcome, adapter: ChannelAdapter) -> None:
@@ -228,7 +262,7 @@ DELIVER_STAGE = StageSpec(
     state=(StateSpec(DELIVERED, "delivered_ttl_s"),),
     services=adapters,
     delayed_inputs=(*RETRY, SCHEDULED),
-    tables=("cancellations",),
+    tables=("cancellations", "receipts"),
     # A crash resends at most one chunk's deliveries (those the provider took before the state write).
     chunk_setting="deliver_concurrency",
 )

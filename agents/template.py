@@ -22,6 +22,7 @@ from typing import Any
 
 from jinja2 import Template, nodes
 
+from agents.caps import cap_problems
 from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
 from streams.stage import Context, Incoming, Outputs, StageSpec, user_key
 from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
@@ -123,11 +124,12 @@ def unsafe_html(source: str) -> str | None:
 
 def template_problems(template: Mapping[str, Any], allow_unsafe_html: bool = False) -> list[str]:
     """Why a TemplateUpserted must not be published (`herald templates put`): a part that does not
-    compile (with the stage's own `compiled`), or an HTML part that prints text unescaped."""
+    compile (with the stage's own `compiled`), an HTML part that prints text unescaped, or a
+    frequency cap under 1 (agents/caps.py)."""
     if template.get("deleted"):
         return []
     name = f"template '{template['template_id']}' v{template['version']} ({template.get('locale', 'en')})"
-    problems = []
+    problems = cap_problems(template)
     for part in template["parts"]:
         for field in FIELDS:
             source = part.get(field)

@@ -4,17 +4,19 @@ POST /v1/providers/twilio/status?notification_id=…&tenant=…
     Twilio's status callback (form-encoded MessageStatus, ErrorCode, …), signed with X-Twilio-Signature
     over the URL it was posted to and its form. The adapter put the notification's id and tenant in
     that URL (agents/channels/sms.py, callback_url), so they are signed too. A final status becomes a
-    `delivered` or `failed` lifecycle event; the steps before it (queued, sent) are acknowledged and
-    dropped. A callback whose signature no configured account's token verifies is 403.
+    `delivered` or `failed` lifecycle event, and a DeliveryReceipt on herald.receipts (for deliver's
+    fallback watch); the steps before it (queued, sent) are acknowledged and dropped. A callback whose signature no configured account's token verifies is 403.
 
 No API key: the signature is the proof. The URL Twilio signed is the public one it was given
 (`public_url`), not the one this process sees behind a proxy.
 """
 
+import asyncio
 import uuid
 from typing import Any
 
 from aiohttp import web
+from aiokafka.errors import KafkaError
 
 from agents.channels.sms import STATUS_CALLBACK_PATH, delivery_report, verify_status_callback
 from gateway.tracking import Publish
@@ -40,7 +42,13 @@ def report_event(notification_id: uuid.UUID, tenant: str, status: str, error_cod
     }
 
 
-def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
+def receipt(notification_id: uuid.UUID, tenant: str, status: str, error_code: str | None) -> dict[str, Any]:
+    """The DeliveryReceipt deliver's fallback watch reads (agents/deliver.py, check_receipt)."""
+    return {"notification_id": notification_id, "tenant": tenant, "channel": "sms", "status": status,
+            "provider": "twilio", "error_code": error_code, "received_at": now_utc()}
+
+
+def callback_routes(settings: Settings, publish: Publish, publish_receipt: Publish) -> list[web.RouteDef]:
     async def twilio_status(request: web.Request) -> web.Response:
         params = {key: str(value) for key, value in (await request.post()).items()}
         url = settings.public_url.rstrip("/") + request.path_qs
@@ -53,8 +61,12 @@ def callback_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
             return web.json_response({"error": "invalid_id", "detail": "notification_id must be a UUID"}, status=422)
         report = delivery_report(params)
         if report is not None:
-            await publish(report_event(notification_id, request.query.get("tenant") or "default", report.status,
-                                       report.error_code, params))
+            tenant = request.query.get("tenant") or "default"
+            try:
+                await publish_receipt(receipt(notification_id, tenant, report.status, report.error_code))
+            except (KafkaError, asyncio.TimeoutError) as exc:  # Kafka away: the provider may post again
+                return web.json_response({"error": "unavailable", "detail": type(exc).__name__}, status=503)
+            await publish(report_event(notification_id, tenant, report.status, report.error_code, params))
         return web.Response(status=204)
 
     return [web.post(STATUS_CALLBACK_PATH, twilio_status)]

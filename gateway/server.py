@@ -49,7 +49,7 @@ from streams.ids import log_position, member_key, member_position, notification_
 from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
 from streams.tables import cancellation_key
-from streams.topics import CANCELLATIONS, EVENTS, REQUESTS
+from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
 from gateway.admin import ADMIN_PATH, register as register_admin
 from gateway.auth import (API_KEYS, REFUSED, ApiKeyLog, ApiKeys, json_error, presented_key, refuse_other_tenant,
                           same_key, tenant_of)
@@ -337,7 +337,7 @@ class Gateway:
         app.router.add_get("/health", self.health)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
-        app.router.add_routes(callback_routes(self.settings, self.publish_event))
+        app.router.add_routes(callback_routes(self.settings, self.publish_event, self.publish_receipt))
         from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
 
         register_inbox(app, self)
@@ -358,6 +358,12 @@ class Gateway:
             await self.kafka.send(EVENTS.name, value, key, self.settings.gateway_produce_timeout_s)
         except (KafkaError, asyncio.TimeoutError):
             REFUSED.labels("event_unpublished").inc()
+
+    async def publish_receipt(self, receipt: dict[str, Any]) -> None:
+        """A provider's delivery report on herald.receipts; raises when Kafka does not take it."""
+        key = f"{receipt['notification_id']}/{receipt['channel']}".encode()
+        value = self.serde.encode("DeliveryReceipt", receipt)
+        await self.kafka.send(RECEIPTS.name, value, key, self.settings.gateway_produce_timeout_s)
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:

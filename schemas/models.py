@@ -27,6 +27,7 @@ __all__ = [
     "Channel",
     "ContactRemoved",
     "DeadLetter",
+    "DeliveryReceipt",
     "DeliveryTask",
     "DigestSpec",
     "Fallback",
@@ -46,6 +47,7 @@ __all__ = [
     "Priority",
     "QuietHours",
     "Recipient",
+    "ReceiptStatus",
     "RecordBundle",
     "BundledRecord",
     "Rejection",
@@ -366,6 +368,8 @@ class DeliveryTask(AvroModel):
     """Delivery attempt, 0 for the first."""
     due_at: TimestampMillis | None = None
     """On a retry topic: not before this time."""
+    awaiting_receipt: bool = False
+    """A watch, not a send: at due_at deliver sends the fallback unless the provider reported this delivery delivered."""
     expires_at: TimestampMillis | None = None
     """Latest time to deliver; after it the notification is expired, never sent late."""
     fallback: Fallback | None = None
@@ -548,6 +552,31 @@ class ApiKeyChanged(AvroModel):
     revoked_at: TimestampMillis | None = None
 
 
+class ReceiptStatus(StrEnum):
+    """What the provider reported."""
+
+    delivered = "delivered"
+    failed = "failed"
+
+
+class DeliveryReceipt(AvroModel):
+    """A provider's final word on a delivery it had accepted (herald.receipts, compacted, by notification and channel)."""
+
+    AVRO_NAME: ClassVar[str] = "DeliveryReceipt"
+
+    notification_id: uuid.UUID
+    tenant: str = "default"
+    channel: Channel
+    """The channel the provider delivered on (or failed to)."""
+    status: ReceiptStatus
+    provider: str | None = None
+    """The provider that reported it."""
+    error_code: str | None = None
+    """The provider's error code, when it failed."""
+    received_at: TimestampMillis
+    """When Herald received the report."""
+
+
 class BundledRecord(AvroModel):
     """One record of the bundle: its own key and its own framed Avro value."""
 
@@ -582,6 +611,7 @@ MODELS: dict[str, type[AvroModel]] = {
         ContactRemoved,
         NotificationCancelled,
         ApiKeyChanged,
+        DeliveryReceipt,
         RecordBundle,
         InboxEvent,
     )

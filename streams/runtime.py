@@ -41,7 +41,7 @@ from streams.health import BATCH_SECONDS, OUTCOMES, RECORDS_IN, RECORDS_OUT, SIN
 from streams.logs import NOTIFICATION_ID
 from streams.settings import Settings
 from streams.stage import Context, Incoming, Outgoing, Outputs, StageSpec
-from streams.tables import CancellationTable, FoldedTable, PreferenceTable, StateTable, TemplateTable
+from streams.tables import CancellationTable, FoldedTable, PreferenceTable, ReceiptTable, StateTable, TemplateTable
 from streams.topics import TopicSpec
 from streams.user_state import UserStateTable
 
@@ -74,6 +74,8 @@ class StageRuntime:
             self.context.preferences = self.table(PreferenceTable(settings, self.serde))
         if "cancellations" in spec.tables:
             self.context.cancellations = self.table(CancellationTable(settings, self.serde))
+        if "receipts" in spec.tables:
+            self.context.receipts = self.table(ReceiptTable(settings, self.serde))
         for state in spec.state:
             table = StateTable(settings, state.topic, getattr(settings, state.ttl_setting), lambda: self.app.producer)
             self.context.state[state.topic.name] = self.table(table)

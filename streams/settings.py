@@ -180,6 +180,8 @@ class Settings(BaseSettings):
     bundle_max_records: int = 500
     # Retention of the flow topics; templates and preferences are compacted and kept forever.
     topic_retention_ms: int = 7 * 24 * 3600 * 1000
+    # herald.receipts (providers' delivery reports): longer than any fallback_after_s.
+    receipts_retention_ms: int = 24 * 3600 * 1000
 
     # Confluent-compatible schema registry; unset means Avro single-object encoding.
     schema_registry_url: str | None = None
@@ -275,6 +277,11 @@ class Settings(BaseSettings):
     # to <data_dir>/run/health-<stage>.port (locally, six workers share a host).
     health_host: str = "127.0.0.1"
     health_port: int = 0
+
+    # Fallback when not delivered in time: category ('*' for any) → seconds. A delivery on a channel
+    # whose provider reports deliveries (SMS), of a notification with a fallback_channel, falls back
+    # once if no `delivered` report came within this time (a `failed` report counts as none).
+    fallback_after_s: dict[str, float] = {}
     # "text", or "json": one JSON object per line, with the notification id on lines about one (streams/logs.py).
     log_format: Literal["text", "json"] = "text"
 

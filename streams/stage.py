@@ -24,7 +24,7 @@ from streams.topics import DLQ, EVENTS, REJECTED, TopicSpec
 if TYPE_CHECKING:
     from mode import ServiceT
 
-    from streams.tables import CancellationTable, PreferenceTable, StateTable, TemplateTable
+    from streams.tables import CancellationTable, PreferenceTable, ReceiptTable, StateTable, TemplateTable
     from streams.user_state import UserStateTable
 
 
@@ -249,6 +249,7 @@ class Context:
     templates: TemplateTable | None = None
     preferences: PreferenceTable | None = None
     cancellations: CancellationTable | None = None
+    receipts: ReceiptTable | None = None
     state: dict[str, StateTable] = field(default_factory=dict)
     # Per-user state by changelog topic name (streams/user_state.py).
     user_state: dict[str, UserStateTable] = field(default_factory=dict)
@@ -295,7 +296,7 @@ class StageSpec:
     outputs: tuple[TopicSpec, ...]
     # The batch handler; None for a stage whose work is a service of its own (track's sink).
     handle: Handler | None = None
-    tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences"
+    tables: tuple[str, ...] = ()  # folded tables it reads: "templates", "preferences", "cancellations", "receipts"
     state: tuple[StateSpec, ...] = ()
     # Changelogs of per-user state, partitioned like the inputs (streams/user_state.py).
     user_state: tuple[TopicSpec, ...] = ()

@@ -29,7 +29,7 @@ from mode import Service
 from schemas.serde import AvroSerde, SchemaDecodeError
 from streams.codec import default_serde
 from streams.settings import Settings
-from streams.topics import CANCELLATIONS, CONTACTS_REMOVED, PREFERENCES, TEMPLATES, TopicSpec
+from streams.topics import CANCELLATIONS, CONTACTS_REMOVED, PREFERENCES, RECEIPTS, TEMPLATES, TopicSpec
 
 log = logging.getLogger(__name__)
 
@@ -308,6 +308,34 @@ class CancellationTable(FoldedTable):
 
     def __len__(self) -> int:
         return len(self.cancelled)
+
+
+class ReceiptTable(FoldedTable):
+    """Providers' final word on deliveries they had accepted (herald.receipts): (notification id,
+    channel) → 'delivered' or 'failed'. The log keeps a day; the table forgets what is older too."""
+
+    spec = RECEIPTS
+
+    def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
+        super().__init__(settings, serde, **kwargs)
+        self.receipts: dict[tuple[UUID, str], tuple[str, float]] = {}  # → (status, received at)
+        self.prune_at = 10_000
+
+    def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
+        if record is None:
+            return
+        self.receipts[(record["notification_id"], record["channel"])] = (record["status"], record["received_at"].timestamp())
+        if len(self.receipts) >= self.prune_at:
+            older_than = time.time() - self.settings.receipts_retention_ms / 1000
+            self.receipts = {k: v for k, v in self.receipts.items() if v[1] >= older_than}
+            self.prune_at = max(10_000, 2 * len(self.receipts))
+
+    def status(self, notification_id: UUID, channel: str) -> str | None:
+        found = self.receipts.get((notification_id, channel))
+        return found[0] if found else None
+
+    def __len__(self) -> int:
+        return len(self.receipts)
 
 
 class StateTable(FoldedTable):

@@ -54,6 +54,10 @@ SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       bundled=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
+# Kept `receipts_retention_ms` (a day): a receipt matters only until a fallback's wait is over.
+RECEIPTS = TopicSpec("herald.receipts", ("DeliveryReceipt",),
+                     "the gateway produces from providers' status callbacks; deliver's receipt table folds it",
+                     retention_setting="receipts_retention_ms")
 REJECTED = TopicSpec("herald.rejected", ("Rejection",), "validate and template produce; kept for audit")
 DLQ = TopicSpec("herald.dlq", ("DeadLetter",), "every stage produces what it cannot process")
 EVENTS = TopicSpec("herald.events", ("LifecycleEvent",), "every stage produces; the ClickHouse sink consumes", bundled=True,
@@ -82,6 +86,10 @@ REPLAYED = TopicSpec("herald.state.replayed", (),
                      compacted=True)
 DELIVERED = TopicSpec("herald.state.delivered", (),
                       "deliver writes and folds: (notification, channel) pairs delivered (JSON, internal)", compacted=True)
+# Per-user state (streams/user_state.py), partitioned like herald.rendered: one record per user.
+ROUTE_USERS = TopicSpec("herald.state.route.users", (),
+                        "route writes and reads back by partition: each user's recent sends per category and "
+                        "channel, for frequency caps (JSON, internal)", compacted=True)
 DELIVER = tuple(
     TopicSpec(deliver_topic(channel, high), ("DeliveryTask",), f"route produces; the {channel} deliver agent consumes",
               bundled=True)
@@ -96,8 +104,8 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
+    CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS,
 )
 
 

@@ -167,15 +167,31 @@ def prefs_set(
     push_token: Annotated[list[str], typer.Option(help="A device's push token (apns:…, fcm:… or webpush:…); repeatable.")] = [],
     chat_webhook: Annotated[Optional[str], typer.Option(help="Chat webhook URL (Slack incoming webhook or a signed generic one).")] = None,
     locale: Annotated[Optional[str], typer.Option(help="BCP 47 locale.")] = None,
-    time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone.")] = None,
+    time_zone: Annotated[Optional[str], typer.Option(help="IANA time zone, e.g. Asia/Tokyo (quiet hours are read in it).")] = None,
+    quiet_hours: Annotated[Optional[str], typer.Option(
+        help="HH:MM-HH:MM in the user's time zone, e.g. 22:00-07:00: notifications wait until its end "
+             "(not priority high, not critical templates).")] = None,
     opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
     tenant: str = "default",
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per user)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    from agents.quiet_hours import parse_window
     from schemas.models import PreferencesUpdated
     from streams.tables import preference_key
     from tooling.producer import publish
 
+    try:
+        if time_zone is not None:
+            ZoneInfo(time_zone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise typer.BadParameter(f"{time_zone!r} is no IANA time zone (such as Asia/Tokyo)",
+                                 param_hint="--time-zone") from exc
+    try:
+        window = parse_window(quiet_hours) if quiet_hours is not None else None
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--quiet-hours") from exc
     opt_outs = []
     for item in opt_out:
         category, _, channel = item.partition(":")
@@ -184,6 +200,7 @@ def prefs_set(
         "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
         "chat_webhook": chat_webhook, "locale": locale,
         "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
+        "quiet_hours": {"start": window[0], "end": window[1]} if window else None,
     })
     try:
         key = preference_key(tenant, user_id)

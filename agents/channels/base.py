@@ -60,6 +60,9 @@ class Channel:
     invalid_reason: str
     # The provider adapter deliver runs for this channel.
     adapter: Callable[[Settings], ChannelAdapter]
+    # Whether its provider reports the delivery afterwards (herald.receipts): then a notification with
+    # a fallback channel falls back when no `delivered` report arrives in time (`fallback_after_s`).
+    reports_delivery: bool = False
 
 
 def first_of(*values: Any) -> list[str]:

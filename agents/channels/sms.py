@@ -217,4 +217,5 @@ CHANNEL = Channel(
     normalize=phone_number,
     invalid_reason="invalid_phone",
     adapter=sms_adapter,
+    reports_delivery=True,  # Twilio's status callbacks (gateway/callbacks.py)
 )

@@ -39,19 +39,23 @@ def foreign_encode(record: dict[str, Any]) -> bytes:
     return b"\xc3\x01" + fingerprint + body.getvalue()
 
 
-def put_template(template_id: str, variables: list[str], subject: str, text: str, html: str | None = None) -> None:
+def put_template(template_id: str, variables: list[str], subject: str, text: str, html: str | None = None,
+                 **fields: Any) -> None:
+    """An email template; `fields`: more TemplateUpserted fields (frequency_caps, critical…)."""
     template = TemplateUpserted.model_validate({
         "template_id": template_id, "version": 1, "locale": "en", "variables": variables,
         "parts": [{"channel": "email", "subject": subject, "text": text, "html": html}],
-        "updated_at": datetime.now(timezone.utc),
+        "updated_at": datetime.now(timezone.utc), **fields,
     })
     publish(TEMPLATES, [(template_key(template.tenant, template_id, "en", 1), template)])
 
 
-def set_preferences(tenant: str, user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None) -> None:
+def set_preferences(tenant: str, user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None,
+                    **fields: Any) -> None:
+    """`fields`: more PreferencesUpdated fields (quiet_hours, time_zone…)."""
     preferences = PreferencesUpdated.model_validate({
         "user_id": user_id, "tenant": tenant, "email": email, "opt_outs": opt_outs or [],
-        "updated_at": datetime.now(timezone.utc),
+        "updated_at": datetime.now(timezone.utc), **fields,
     })
     publish(PREFERENCES, [(preference_key(tenant, user_id), preferences)])
 

@@ -410,3 +410,43 @@ def test_an_sms_that_fails_for_good_reaches_the_user_by_email_once(
     assert {"failed", "sent"} <= found
     assert events_with(clickhouse, tenant, "failed")[nid][0] == "twilio_21211"
     assert not receipts(pipeline, ("twilio",), {nid})
+
+
+@pytest.fixture
+def fallback_after_4s(pipeline: Settings) -> Iterator[None]:
+    variables = {"HERALD_FALLBACK_AFTER_S": json.dumps({"timed-fallback": 4})}
+    restart_with(pipeline, variables)
+    yield
+    restart_with(pipeline, dict.fromkeys(variables))
+
+
+def test_an_sms_not_reported_delivered_in_time_reaches_the_user_by_email_once_and_a_delivered_one_does_not(
+    pipeline: Settings, producer: KafkaProducer, clickhouse: Client, fallback_after_4s: None
+) -> None:
+    tenant = new_tenant()
+    silent, heard = phone(8100), phone(8101)
+    fault(pipeline, "twilio", silent=[silent])  # accepted, then never a delivery report
+    requests = []
+    for name, number in (("Sid", silent), ("Hal", heard)):
+        r = request(tenant, f"timed-{name}", TEMPLATE, f"{name.lower()}-{RUN}", f"{name.lower()}-{RUN}@example.com",
+                    {"name": name})
+        r["recipient"]["phone"], r["channels"], r["fallback_channel"], r["category"] = number, ["sms"], "email", "timed-fallback"
+        requests.append(r)
+    silent_id, heard_id = produce(producer, requests)
+    mail = Mail(pipeline, [silent_id, heard_id])
+    assert mail.wait_for_all(60)[silent_id] == 1
+    found = wait_for_statuses(clickhouse, tenant, [heard_id], {"sent", "delivered"}, 60)[heard_id]
+    time.sleep(8)  # past the heard one's wait too
+    assert mail.submissions() == {silent_id: 1}  # the delivered SMS has no email after it
+    assert {"sent", "delivered"} <= found
+    assert {r["notification_id"] for r in receipts(pipeline, ("twilio",), {silent_id, heard_id})} == {silent_id, heard_id}
+    [detail] = [e["detail"] for e in events_with_detail(clickhouse, tenant, silent_id, "routed")
+                if e["error_code"] == "fallback"]
+    assert detail == "sms not reported delivered within 4 s: falling back to email"
+
+
+def events_with_detail(clickhouse: Client, tenant: str, notification_id: str, status: str) -> list[dict[str, Any]]:
+    rows = clickhouse.execute("SELECT error_code, detail FROM notification_events FINAL WHERE tenant = %(t)s "
+                              "AND notification_id = %(n)s AND status = %(s)s",
+                              {"t": tenant, "n": uuid.UUID(notification_id), "s": status})
+    return [{"error_code": code, "detail": detail} for code, detail in rows]

@@ -98,5 +98,5 @@ def delivery_task(**overrides: Any) -> dict[str, Any]:
         "notification_id": NOTIFICATION_ID, "tenant": "acme", "channel": "email", "address": "alice@example.com",
         "recipient": recipient(email="alice@example.com"), "content": content(), "template_id": "welcome",
         "template_version": 3, "category": "transactional", "priority": "normal", "fallback_channel": None,
-        "attempt": 0, "due_at": None, "expires_at": None, "fallback": None, "requested_at": REQUESTED_AT, "received_at": RECEIVED_AT, "metadata": {},
+        "attempt": 0, "due_at": None, "awaiting_receipt": False, "expires_at": None, "fallback": None, "requested_at": REQUESTED_AT, "received_at": RECEIVED_AT, "metadata": {},
     } | overrides

@@ -19,16 +19,20 @@ PATH = f"/v1/providers/twilio/status?notification_id={NID}&tenant=acme"
 
 
 @pytest.fixture
-async def gateway() -> AsyncIterator[tuple[TestClient, list[dict[str, Any]]]]:
+async def gateway() -> AsyncIterator[tuple[TestClient, list[dict[str, Any]], list[dict[str, Any]]]]:
     published: list[dict[str, Any]] = []
+    receipts: list[dict[str, Any]] = []
 
     async def publish(event: dict[str, Any]) -> None:
         published.append(event)
 
+    async def publish_receipt(receipt: dict[str, Any]) -> None:
+        receipts.append(receipt)
+
     app = web.Application()
-    app.add_routes(callback_routes(SETTINGS, publish))
+    app.add_routes(callback_routes(SETTINGS, publish, publish_receipt))
     async with TestClient(TestServer(app)) as client:
-        yield client, published
+        yield client, published, receipts
 
 
 async def post(client: TestClient, form: dict[str, str], token: str = TOKEN, path: str = PATH) -> int:
@@ -37,27 +41,30 @@ async def post(client: TestClient, form: dict[str, str], token: str = TOKEN, pat
     return response.status
 
 
-async def test_delivered_becomes_an_event(gateway: tuple[TestClient, list]) -> None:
-    client, published = gateway
+async def test_delivered_becomes_an_event(gateway: tuple[TestClient, list, list]) -> None:
+    client, published, receipts = gateway
     assert await post(client, {"MessageSid": "SM1", "MessageStatus": "delivered"}) == 204
     [event] = published
     assert (event["notification_id"], event["tenant"], event["status"], event["channel"]) == (NID, "acme", "delivered", "sms")
+    [receipt] = receipts  # for deliver's fallback watch
+    assert (receipt["notification_id"], receipt["channel"], receipt["status"]) == (NID, "sms", "delivered")
 
 
-async def test_undelivered_is_failed_with_the_code(gateway: tuple[TestClient, list]) -> None:
-    client, published = gateway
+async def test_undelivered_is_failed_with_the_code(gateway: tuple[TestClient, list, list]) -> None:
+    client, published, receipts = gateway
     assert await post(client, {"MessageSid": "SM1", "MessageStatus": "undelivered", "ErrorCode": "30003"}) == 204
     assert [(e["status"], e["error_code"]) for e in published] == [("failed", "twilio_30003")]
+    assert [(r["status"], r["error_code"]) for r in receipts] == [("failed", "twilio_30003")]
 
 
-async def test_steps_before_the_end_are_dropped(gateway: tuple[TestClient, list]) -> None:
-    client, published = gateway
+async def test_steps_before_the_end_are_dropped(gateway: tuple[TestClient, list, list]) -> None:
+    client, published, receipts = gateway
     assert await post(client, {"MessageSid": "SM1", "MessageStatus": "sent"}) == 204
-    assert published == []
+    assert published == [] and receipts == []
 
 
-async def test_a_forged_callback_is_refused(gateway: tuple[TestClient, list]) -> None:
-    client, published = gateway
+async def test_a_forged_callback_is_refused(gateway: tuple[TestClient, list, list]) -> None:
+    client, published, receipts = gateway
     assert await post(client, {"MessageSid": "SM1", "MessageStatus": "delivered"}, token="guessed") == 403
     other = f"/v1/providers/twilio/status?notification_id={uuid.UUID(int=7)}&tenant=acme"
     signature = RequestValidator(TOKEN).compute_signature(f"https://notify.example.com{PATH}", {"MessageStatus": "delivered"})

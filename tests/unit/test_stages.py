@@ -28,14 +28,14 @@ from streams.settings import Settings
 from streams.stage import Incoming, Outputs, StageSpec
 from streams.tables import template_key
 from streams.topics import (ACCEPTED, CONTACTS_REMOVED, DELIVER_BY_NAME, DELIVERED, DLQ, EVENTS, IDEMPOTENCY_KEYS, REJECTED, RENDERED, REQUESTS,
-                            RETRY, VALIDATED, deliver_topic, DELIVER_BY_NAME)
+                            RETRY, SCHEDULED, VALIDATED, deliver_topic)
 from tests.unit import records
 
 SERDE = default_serde()
 
 
-def runtime(spec: StageSpec, tmp_path: Path) -> StageRuntime:
-    stage = StageRuntime(spec, Settings(data_dir=tmp_path))
+def runtime(spec: StageSpec, tmp_path: Path, **settings: Any) -> StageRuntime:
+    stage = StageRuntime(spec, Settings(data_dir=tmp_path, **settings))
     if stage.context.templates is not None:
         stage.context.templates.fold(template_key("default", "welcome", "en", 1), records.template())
     return stage
@@ -215,6 +215,45 @@ async def test_a_delivery_that_fails_for_good_falls_back_once_and_one_that_is_se
     routed = [e for e in out.of(EVENTS) if e["status"] == "routed"]
     assert [(e["channel"], e["error_code"]) for e in routed] == [("sms", "fallback")]
     assert "smtp_550" in routed[0]["detail"]
+
+
+async def test_an_sms_not_reported_delivered_in_time_falls_back_once_and_one_reported_does_not(
+    tmp_path: Path
+) -> None:
+    stage = runtime(DELIVER_STAGE, tmp_path, fallback_after_s={"otp": 30})
+    sms = FakeAdapter()
+    sms.channel = "sms"
+    stage.context.services = {"sms": sms}
+    fallback = {"channel": "email", "address": "alice@example.com", "content": records.content()}
+
+    def sms_task(n: int, **overrides: Any) -> dict[str, Any]:
+        return records.delivery_task(**{"notification_id": uuid.UUID(int=n), "channel": "sms", "address": "+15550000001",
+                                        "content": records.content("sms", html=None), "category": "otp",
+                                        "fallback": fallback, **overrides})
+
+    # Sent: a watch goes to the waiting topic, due when the category's wait is over; none without a fallback.
+    out = await stage.handle([incoming(sms_task(1), "DeliveryTask", deliver_topic("sms"), 1),
+                              incoming(sms_task(2, fallback=None), "DeliveryTask", deliver_topic("sms"), 2)])
+    [watch] = out.of(SCHEDULED)
+    assert watch["notification_id"].int == 1 and watch["awaiting_receipt"] and watch["channel"] == "sms"
+    assert 25 < (watch["due_at"] - datetime.now(UTC)).total_seconds() <= 30
+
+    # Due: reported delivered → nothing; reported failed, or no report → the fallback, once, and why.
+    receipts = stage.context.receipts
+    assert receipts is not None
+    for n, status in ((1, "delivered"), (3, "failed")):
+        receipts.fold(b"", {"notification_id": uuid.UUID(int=n), "channel": "sms", "status": status,
+                            "received_at": datetime.now(UTC)})
+    due = [incoming(sms_task(n, awaiting_receipt=True, due_at=datetime.now(UTC)), "DeliveryTask", deliver_topic("sms"), n)
+           for n in (1, 3, 4)]
+    out = await stage.handle(due)
+    assert sms.sent == ["+15550000001", "+15550000001"]  # the two first sends; a watch sends nothing itself
+    instead = out.of(DELIVER_BY_NAME[deliver_topic("email")])
+    assert sorted(t["notification_id"].int for t in instead) == [3, 4]
+    assert all(t["fallback"] is None and not t["awaiting_receipt"] for t in instead)
+    details = {e["notification_id"].int: e["detail"] for e in out.of(EVENTS) if e["error_code"] == "fallback"}
+    assert details == {3: "sms reported failed by the provider within 30 s: falling back to email",
+                       4: "sms not reported delivered within 30 s: falling back to email"}
 
 
 async def test_deliver_removes_a_dead_address(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Fault injection, for tests and chaos runs (the same for every provider):
 
     POST   /_faults/<provider>  {"status": 503, "count": 3, "retry_after_s": 2, "delay_s": 0,
-                                 "dead": ["+15550001111"], "scope": "AC…"}
+                                 "dead": ["+15550001111"], "silent": ["+15550002222"], "scope": "AC…"}
     DELETE /_faults/<provider>  back to healthy
     GET    /_faults/<provider>  what is set
 
@@ -12,7 +12,8 @@ and the provider's own error body for it; `retry_after_s` adds a Retry-After hea
 each request first (a timeout, for a client that waits less); `scope` limits the fault to one scope
 of the provider's (Twilio: an account SID, so a primary account fails while a secondary works);
 `dead` lists addresses the provider answers as dead (unregistered token, unreachable number), each
-in the provider's own way. A request the peer answered with a fault is
+in the provider's own way; `silent` lists addresses it accepts and then never reports on (a handset
+that stays off: no delivery report). A request the peer answered with a fault is
 not stored.
 """
 
@@ -40,17 +41,20 @@ class Fault:
     retry_after_s: float | None = None
     delay_s: float = 0.0
     dead: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
     # Only requests in this scope fail (a provider module says what a scope is: Twilio's account SID).
     scope: str | None = None
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> "Fault":
         return cls(status=body.get("status"), count=body.get("count"), retry_after_s=body.get("retry_after_s"),
-                   delay_s=float(body.get("delay_s") or 0.0), dead=set(body.get("dead") or ()), scope=body.get("scope"))
+                   delay_s=float(body.get("delay_s") or 0.0), dead=set(body.get("dead") or ()), silent=set(body.get("silent") or ()),
+                   scope=body.get("scope"))
 
     def to_json(self) -> dict[str, Any]:
         return {"status": self.status, "count": self.count, "retry_after_s": self.retry_after_s,
-                "delay_s": self.delay_s, "dead": sorted(self.dead), "scope": self.scope}
+                "delay_s": self.delay_s, "dead": sorted(self.dead), "silent": sorted(self.silent),
+                "scope": self.scope}
 
 
 class Peer:
@@ -78,6 +82,9 @@ class Peer:
 
     def is_dead(self, address: str) -> bool:
         return address in self.faults.dead
+
+    def is_silent(self, address: str) -> bool:
+        return address in self.faults.silent
 
     def retry_after_headers(self) -> dict[str, str]:
         after = self.faults.retry_after_s

@@ -16,7 +16,7 @@ itself works against it (tests/unit/test_channel_sms.py):
   recorded as a duplicate.
 - `StatusCallback`: shortly after accepting, the peer posts `sent` then `delivered` to it, as Twilio
   does, signed with X-Twilio-Signature (the account's auth token); a number marked dead by then gets
-  `undelivered` with ErrorCode 30003 (unreachable handset) instead.
+  `undelivered` with ErrorCode 30003 (unreachable handset) instead, and a `silent` one gets none.
 
 It records each accepted message: account, to, from, messaging service, body, sid, segments.
 """
@@ -133,6 +133,8 @@ def callback_forms(message: dict[str, Any], dead: bool) -> list[dict[str, str]]:
 
 async def post_callbacks(url: str, message: dict[str, Any], token: str, peer: Peer) -> None:
     await asyncio.sleep(CALLBACK_DELAY_S)
+    if peer.is_silent(message["to"]):
+        return
     validator = RequestValidator(token)
     async with aiohttp.ClientSession() as session:
         for form in callback_forms(message, peer.is_dead(message["to"])):
