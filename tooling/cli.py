@@ -172,9 +172,9 @@ def prefs_set(
         help="HH:MM-HH:MM in the user's time zone, e.g. 22:00-07:00: notifications wait until its end "
              "(not priority high, not critical templates).")] = None,
     opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
-    tenant: str = "default",
+    tenant: Annotated[str, typer.Option(help="The tenant whose user this is.")] = "default",
 ) -> None:
-    """Replace a user's preferences (herald.preferences keeps the latest per user)."""
+    """Replace a user's preferences (herald.preferences keeps the latest per tenant and user)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     from agents.quiet_hours import parse_window
@@ -205,8 +205,7 @@ def prefs_set(
     try:
         key = preference_key(tenant, user_id)
     except ValueError as exc:  # a tenant name no log key can hold
-        console.print(f"[red]✗[/] {escape(str(exc))}")
-        raise typer.Exit(2)
+        raise typer.BadParameter(str(exc), param_hint="--tenant") from exc
     publish(PREFERENCES, [(key, preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
