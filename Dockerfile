@@ -1,6 +1,14 @@
 # Herald's image: one entry point, `herald`; the Deployments run `herald worker --stage <stage>`,
 # `herald gateway` and `herald migrate` (deploy/k8s). Build: `make image` (needs a Docker daemon).
 
+# --- assets: the dashboard's script bundled with uPlot from the npm registry (web/, as `make assets`) ----------
+FROM node:20-slim AS assets
+WORKDIR /src/web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY web/src/ src/
+RUN npm run build
+
 # --- build: the herald wheel and the wheels of everything it needs ---------------------------------------
 FROM python:3.11-slim AS build
 WORKDIR /src
@@ -11,6 +19,7 @@ COPY streams/ streams/
 COPY agents/ agents/
 COPY sinks/ sinks/
 COPY gateway/ gateway/
+COPY --from=assets /src/gateway/static/dist/ gateway/static/dist/
 COPY tooling/ tooling/
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

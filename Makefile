@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export HERALD_DATA_DIR ?= $(CURDIR)/.herald
 
-.PHONY: venv infra setup run test unit integration chaos bench down clean fuzz image
+.PHONY: venv assets browser infra setup run test unit integration chaos bench down clean fuzz image
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed assets
+
+# The dashboard's script (web/src with uPlot, from the npm registry at the versions of web/package-lock.json)
+# bundled into gateway/static/dist, which the wheel ships; nothing is loaded from a CDN.
+ASSETS := gateway/static/dist/dashboard.js
+$(ASSETS): web/package.json web/package-lock.json $(wildcard web/src/*)
+	@command -v npm >/dev/null || { echo "make assets needs node and npm (Debian: apt-get install npm)" >&2; exit 1; }
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run build
+
+assets: $(ASSETS)
+
+# Debian's chromium, for the dashboard's browser test (tests/integration/test_dashboard.py).
+browser:
+	deploy/local/chromium.sh install
 
 # Kafka (KRaft, 127.0.0.1:9092) and ClickHouse (127.0.0.1:9000/8123); both idempotent.
 infra: venv
@@ -56,11 +69,11 @@ fuzz: venv
 	HERALD_FUZZ_EXAMPLES=100000 $(BIN)/pytest tests/unit/test_fuzz.py -q
 
 # Integration tests fail (not skip) when a server is missing: here the servers are always started.
-integration: setup
+integration: setup browser
 	HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests/integration -q
 
 # Unit, integration and the chaos suite's short version (tests/chaos, ~8 min, on a private stack).
-test: setup
+test: setup browser
 	HERALD_REQUIRE_SERVERS=1 $(BIN)/pytest tests -q
 
 # The chaos suite's long version: faults injected into a private stack of its own (free loopback

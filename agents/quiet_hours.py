@@ -20,6 +20,11 @@ class Deferral(NamedTuple):
     reason: str  # for the `deferred` lifecycle event's detail
 
 
+# What zoneinfo raises for a name that is no zone: unknown, malformed, or a directory of the tz
+# database ('America' is IsADirectoryError, an OSError).
+BAD_ZONE = (ZoneInfoNotFoundError, ValueError, OSError)
+
+
 def parse_hhmm(text: str) -> time:
     """'22:00' → time(22, 0); ValueError for anything else."""
     hours, sep, minutes = text.partition(":")
@@ -42,7 +47,7 @@ def zone(name: str | None) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except BAD_ZONE:
         log.warning("unknown time zone %r: quiet hours read in UTC", name)
         return UTC
 

@@ -18,25 +18,18 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import Counter
 
+from gateway.errors import json_error
 from schemas.models import ApiKeyChanged
 from schemas.serde import AvroSerde
 from streams.settings import Settings
 from streams.tables import DEFAULT_TENANT, FoldedTable, valid_tenant
 from streams.topics import TENANTS
 
-REFUSED = Counter("herald_gateway_refused_total", "Requests refused by the gateway", ["reason"])
-
 KEY_PREFIX = "hk_"
 SECRET_BYTES = 32
 ERRORS: dict[int, type[web.HTTPException]] = {401: web.HTTPUnauthorized, 503: web.HTTPServiceUnavailable}
 TENANT = web.RequestKey("tenant", str)  # the tenant of the request's key, once tenant_of found it
-
-
-def json_error(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> web.Response:
-    REFUSED.labels(error).inc()
-    return web.json_response({"error": error, "detail": detail}, status=status, headers=headers)
 
 
 def http_error(status: int, error: str, detail: Any, headers: dict[str, str] | None = None) -> web.HTTPException:

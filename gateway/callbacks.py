@@ -17,8 +17,11 @@ from typing import Any
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from pydantic import BaseModel, ConfigDict
 
 from agents.channels.sms import STATUS_CALLBACK_PATH, delivery_report, verify_status_callback
+from gateway.errors import invalid, problem
+from gateway.openapi import Inputs, Operation, Reply, endpoint, error
 from gateway.tracking import Publish
 from streams.settings import Settings
 from streams.stage import now_utc
@@ -48,9 +51,37 @@ def receipt(notification_id: uuid.UUID, tenant: str, status: str, error_code: st
             "provider": "twilio", "error_code": error_code, "received_at": now_utc()}
 
 
+class TwilioStatusQuery(BaseModel):
+    notification_id: str = ""
+    """The notification's id (a UUID), which the SMS adapter put in the callback URL; checked after the signature."""
+    tenant: str = "default"
+
+
+class TwilioStatusForm(BaseModel):
+    """The fields of Twilio's status callback Herald reads; Twilio sends more, and they are signed too."""
+
+    model_config = ConfigDict(extra="allow")
+
+    MessageStatus: str | None = None
+    ErrorCode: str | None = None
+    MessageSid: str | None = None
+
+
+TWILIO_STATUS = Operation(
+    "Twilio's SMS status callback (signed with X-Twilio-Signature)",
+    {204: Reply("taken: a final status became a lifecycle event and a DeliveryReceipt"),
+     403: error("X-Twilio-Signature does not verify"),
+     503: error("Kafka did not take the receipt; the provider posts again"),
+     422: error("notification_id is not a UUID, or the body is not a form")},
+    query=TwilioStatusQuery, form=TwilioStatusForm, security=(), tags=("providers",))
+
+
 def callback_routes(settings: Settings, publish: Publish, publish_receipt: Publish) -> list[web.RouteDef]:
-    async def twilio_status(request: web.Request) -> web.Response:
-        params = {key: str(value) for key, value in (await request.post()).items()}
+    async def twilio_status(request: web.Request, inputs: Inputs) -> web.Response:
+        try:
+            params = {key: str(value) for key, value in (await request.post()).items()}
+        except ValueError as exc:  # a multipart body without its boundary, and the like
+            return invalid([problem("(body)", f"not a form: {exc}")])
         url = settings.public_url.rstrip("/") + request.path_qs
         signature = request.headers.get("X-Twilio-Signature")
         if not any(verify_status_callback(url, params, signature, token) for token in twilio_tokens(settings)):
@@ -58,7 +89,7 @@ def callback_routes(settings: Settings, publish: Publish, publish_receipt: Publi
         try:
             notification_id = uuid.UUID(request.query.get("notification_id", ""))
         except ValueError:
-            return web.json_response({"error": "invalid_id", "detail": "notification_id must be a UUID"}, status=422)
+            return invalid([problem("notification_id", "must be a UUID")])
         report = delivery_report(params)
         if report is not None:
             tenant = request.query.get("tenant") or "default"
@@ -69,4 +100,4 @@ def callback_routes(settings: Settings, publish: Publish, publish_receipt: Publi
             await publish(report_event(notification_id, tenant, report.status, report.error_code, params))
         return web.Response(status=204)
 
-    return [web.post(STATUS_CALLBACK_PATH, twilio_status)]
+    return [web.post(STATUS_CALLBACK_PATH, endpoint(TWILIO_STATUS, twilio_status))]

@@ -32,15 +32,18 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from pydantic import AfterValidator, BaseModel, Field
 
 from agents.channels.in_app import inbox_key, user_id
-from gateway.auth import json_error, key_parts, presented_key, refuse_other_tenant, same_key, tenant_of
-from gateway.follower import Follower
-from gateway.server import CONTROL_CHARACTERS, MAX_NAME_CHARS, USERS_PATH, RateLimiter
+from gateway.auth import key_parts, presented_key, refuse_other_tenant, same_key, tenant_of
+from gateway.errors import invalid, json_error, problem
+from gateway.follow import Follower
+from gateway.openapi import NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, endpoint, error, reply
+from gateway.server import CONTROL_CHARACTERS, MAX_NAME_CHARS, USERS_PATH, RateLimiter, plain
 from schemas.models import InboxEvent, InboxEventKind
 from schemas.serde import AvroSerde
 from streams import signed
@@ -248,12 +251,69 @@ class InboxLog(FoldedTable):
 # --- HTTP --------------------------------------------------------------------------------------------------
 
 
-def tenant_param(request: web.Request) -> str | None:
-    """`?tenant=`, held to the gateway's limits for a tenant; None when it is not given."""
+UserId = Annotated[str, AfterValidator(user_id)]
+Tenant = Annotated[plain(MAX_NAME_CHARS), Field(min_length=1)]
+
+
+class InboxPath(BaseModel):
+    user_id: UserId
+
+
+class MessagePath(InboxPath):
+    notification_id: uuid.UUID
+
+
+class InboxQuery(BaseModel):
+    tenant: Tenant | None = None
+    """A server-side caller's tenant (default "default"); a token names its own."""
+
+
+class PageQuery(InboxQuery):
+    limit: int = Field(PAGE_DEFAULT, ge=1, le=PAGE_MAX)
+    before: uuid.UUID | None = None
+    """Messages older than this one (a page's `next`)."""
+
+
+class MessageView(BaseModel):
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    subject: str | None
+    text: str | None
+    data: dict[str, str]
+    category: str | None
+    created_at: datetime
+    read: bool
+    seen: bool
+
+
+class InboxPage(BaseModel):
+    messages: list[MessageView]
+    unread: int
+    next: uuid.UUID | None
+    """Pass as `before` for the next page; null on the last."""
+
+
+class Marked(BaseModel):
+    notification_id: uuid.UUID
+    read: bool
+    seen: bool
+
+
+INBOX_AUTH = ({"apiKey": []}, {"bearer": []}, {"inboxToken": []})
+FORBIDDEN = {403: error("the token is for another user's inbox")}
+
+
+def owner_problems(request: web.Request) -> tuple[Owner | None, list[dict[str, str]]]:
+    """(tenant or None, user id) the path and `?tenant=` name, or the problems with them."""
+    problems = []
+    try:
+        user = user_id(request.match_info["user_id"])
+    except ValueError as exc:
+        problems.append(problem("user_id", str(exc)))
     tenant = request.query.get("tenant")
     if tenant is not None and (not tenant or len(tenant) > MAX_NAME_CHARS or CONTROL_CHARACTERS.search(tenant)):
-        raise ValueError(f"the tenant is 1 to {MAX_NAME_CHARS} characters, without control characters")
-    return tenant
+        problems.append(problem("tenant", f"is 1 to {MAX_NAME_CHARS} characters, without control characters"))
+    return (None if problems else (tenant, user)), problems  # type: ignore[return-value]
 
 
 def bearer(request: web.Request) -> str:
@@ -278,15 +338,28 @@ class InboxApi:
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[self.authorize])
-        app.router.add_get("/{user_id}/inbox", self.get_inbox)
-        app.router.add_get("/{user_id}/inbox/stream", self.stream, allow_head=False)
-        app.router.add_post("/{user_id}/inbox/{notification_id}/read", self.mark_read)
-        app.router.add_post("/{user_id}/inbox/{notification_id}/seen", self.mark_seen)
+        common = dict(security=INBOX_AUTH, tags=("inbox",))
+        app.router.add_get("/{user_id}/inbox", endpoint(Operation(
+            "A user's inbox, newest first", {200: Reply("a page of messages", InboxPage), **FORBIDDEN, **UNAVAILABLE},
+            path=InboxPath, query=PageQuery, **common), self.get_inbox))
+        app.router.add_get("/{user_id}/inbox/stream", endpoint(Operation(
+            "Server-Sent Events: each message, read and seen as the inbox applies them",
+            {200: Reply("an event stream that stays open", media="text/event-stream"), **FORBIDDEN, **UNAVAILABLE,
+             429: error(f"the inbox has {STREAMS_PER_USER} streams open already, or over the API key's rate")},
+            path=InboxPath, query=InboxQuery, **common), self.stream), allow_head=False)
+        for kind in (InboxEventKind.read, InboxEventKind.seen):
+            app.router.add_post(f"/{{user_id}}/inbox/{{notification_id}}/{kind.value}", endpoint(Operation(
+                f"Mark a message {kind.value} (an InboxEvent on herald.inbox)",
+                {200: Reply(f"it was {kind.value} already", Marked), 202: Reply("Kafka has the event", Marked),
+                 **NOT_FOUND, **FORBIDDEN, **UNAVAILABLE},
+                path=MessagePath, query=InboxQuery, **common), self.marker(kind)))
         return app
 
     @web.middleware
     async def authorize(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Puts the (tenant, user) whose inbox this is in request[OWNER], or refuses the request."""
+        if request.match_info.http_exception is not None:  # no route (a method none takes): aiohttp's 404 or 405
+            return await handler(request)
         owner = self.owner(request)
         if isinstance(owner, web.Response):
             return owner
@@ -297,11 +370,10 @@ class InboxApi:
         return await handler(request)
 
     def owner(self, request: web.Request) -> Owner | web.Response:
-        try:
-            user = user_id(request.match_info["user_id"])
-            tenant = tenant_param(request)
-        except ValueError as exc:
-            return json_error(422, "invalid_request", str(exc))
+        named, problems = owner_problems(request)
+        if named is None:
+            return invalid(problems)
+        tenant, user = named
         presented = bearer(request)
         if "X-API-Key" in request.headers or same_key(presented, self.settings.api_key) or key_parts(presented):
             return self.server_caller(request, tenant, user)
@@ -328,44 +400,33 @@ class InboxApi:
                               headers={"Retry-After": str(seconds)})
         return tenant, user
 
-    async def get_inbox(self, request: web.Request) -> web.Response:
-        try:
-            limit = int(request.query.get("limit", PAGE_DEFAULT))
-            before = uuid.UUID(request.query["before"]) if "before" in request.query else None
-        except ValueError:
-            return json_error(422, "invalid_request", "limit is a number; before is a notification id (`next`)")
-        if not 1 <= limit <= PAGE_MAX:
-            return json_error(422, "invalid_request", f"limit is 1 to {PAGE_MAX}")
-        return web.json_response(self.inbox.page(request[OWNER], limit, before))
+    async def get_inbox(self, request: web.Request, inputs: Inputs) -> web.Response:
+        return reply(InboxPage.model_validate(self.inbox.page(request[OWNER], inputs.query.limit, inputs.query.before)))
 
-    async def mark_read(self, request: web.Request) -> web.Response:
-        return await self.mark(request, InboxEventKind.read)
+    def marker(self, kind: InboxEventKind) -> Any:
+        async def mark(request: web.Request, inputs: Inputs) -> web.Response:
+            return await self.mark(request, kind, inputs.path.notification_id)
+        return mark
 
-    async def mark_seen(self, request: web.Request) -> web.Response:
-        return await self.mark(request, InboxEventKind.seen)
-
-    async def mark(self, request: web.Request, kind: InboxEventKind) -> web.Response:
+    async def mark(self, request: web.Request, kind: InboxEventKind, notification_id: uuid.UUID) -> web.Response:
         """Appends read or seen to herald.inbox (202 once the broker has it); 200 if it is already so."""
         owner = request[OWNER]
-        try:
-            notification_id = uuid.UUID(request.match_info["notification_id"])
-        except ValueError:
-            return json_error(422, "invalid_id", "notification id must be a UUID")
         message = self.inbox.find(owner, notification_id)
         if message is None:
             return json_error(404, "not_found", f"no message of notification {notification_id} in this inbox")
-        answer = {"notification_id": str(notification_id), kind.value: True}
+        read = message.read or kind == InboxEventKind.read
+        answer = Marked(notification_id=notification_id, read=read, seen=True)
         if message.read if kind == InboxEventKind.read else message.seen:
-            return web.json_response(answer)  # nothing to append: a user cannot grow the log without bound
+            return reply(answer)  # nothing to append: a user cannot grow the log without bound
         value = self.serde.encode(InboxEvent.AVRO_NAME, event_record(kind, owner, notification_id).to_avro())
         try:
             await self.append(inbox_key(*owner), value)
         except (KafkaError, asyncio.TimeoutError) as exc:
             return json_error(503, "unavailable", f"Kafka did not take the event: {type(exc).__name__}",
                               headers={"Retry-After": "1"})
-        return web.json_response(answer, status=202)
+        return reply(answer, status=202)
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
+    async def stream(self, request: web.Request, inputs: Inputs) -> web.StreamResponse:
         """Server-Sent Events: `message`, `read` and `seen` as the inbox applies them (each with `unread`),
         and a comment every KEEP_ALIVE_S. A stream that falls behind is ended; the client reconnects."""
         owner = request[OWNER]
@@ -401,13 +462,6 @@ def gateway_append(gateway: "Gateway") -> Append:
     return append
 
 
-def close_streams(inbox: Inbox) -> Callable[[web.Application], Awaitable[None]]:
-    """Open streams would hold the gateway's shutdown until its timeout."""
-    async def on_shutdown(app: web.Application) -> None:
-        inbox.close_streams()
-    return on_shutdown
-
-
 def register(app: web.Application, gateway: "Gateway") -> None:
     """Mounts the inbox at /v1/users, and follows herald.inbox while `app` runs."""
     settings = gateway.settings
@@ -415,9 +469,11 @@ def register(app: web.Application, gateway: "Gateway") -> None:
         raise ValueError("HERALD_INBOX__TOKEN_SECRET is empty: the inbox will not run without one")
     inbox = Inbox(settings.inbox.max_messages, settings.inbox.retention_ms)
     api = InboxApi(settings, inbox, gateway_append(gateway), gateway.limiter, gateway.serde)
-    follower = Follower(lambda: InboxLog(settings, inbox))
     users = api.web_app()
-    users.on_startup.append(follower.on_startup)
-    users.on_shutdown.append(close_streams(inbox))
-    users.on_cleanup.append(follower.on_cleanup)
+    Follower(lambda: InboxLog(settings, inbox)).attach(users)
+
+    async def close_streams(app: web.Application) -> None:  # open streams would hold the shutdown until its timeout
+        inbox.close_streams()
+
+    users.on_shutdown.append(close_streams)
     app.add_subapp(USERS_PATH.rstrip("/"), users)

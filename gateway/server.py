@@ -5,14 +5,18 @@ POST /v1/notifications/batch    one NotificationBatch
 GET  /v1/notifications/{id}     status and timeline (from ClickHouse)
 DELETE /v1/notifications/{id}   cancel what of it is not sent yet (a scheduled notification)
 GET  /health                    unauthenticated
+GET  /dashboard…                the delivery dashboard (gateway/dashboard.py; the page is public, its data needs the key)
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
 GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; an API key or the user's token)
 /v1/admin/…                     tenants' API keys (gateway/admin.py; the admin key)
-Everything else needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), which says
-the tenant the request acts for (gateway/auth.py, `tenant_of`); a body naming another tenant is 403.
-Each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+/v1/templates…, /v1/preferences…, /v1/scheduled  what the CLI does, tenant-scoped (gateway/api.py)
+GET  /openapi.json              the OpenAPI 3.1 document of every route (gateway/openapi.py), unauthenticated
+Everything else needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), which says the
+tenant the request acts for (gateway/auth.py, `tenant_of`; a body naming another tenant is 403),
+and each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
+Each route is registered with an Operation (gateway/openapi.py) whose models check its inputs.
 
 What a request may hold is bounded here, before anything is produced (docs/architecture.md
 section 5 has the table): string lengths per field, variables, metadata, recipients per batch.
@@ -20,8 +24,8 @@ A batch whose members would end up with the same idempotency key is refused as w
 """
 
 import asyncio
-import logging
 import json
+import logging
 import math
 import re
 import time
@@ -29,10 +33,12 @@ import uuid
 from collections.abc import Callable
 from copy import copy
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from importlib.metadata import version
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, create_model
 from pydantic_core import PydanticCustomError
@@ -43,6 +49,7 @@ from schemas.models import (BatchRecipient, Channel, NotificationBatch, Notifica
 from schemas.serde import AvroSerde
 from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
+from clickhouse_driver.errors import Error as ClickHouseError
 from sinks.clickhouse_client import connect
 from sinks.queries import tenants_of, timeline
 from streams.ids import log_position, member_key, member_position, notification_id
@@ -50,25 +57,26 @@ from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
 from streams.tables import cancellation_key
 from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
+from gateway import dashboard
 from gateway.admin import ADMIN_PATH, register as register_admin
-from gateway.auth import (API_KEYS, REFUSED, ApiKeyLog, ApiKeys, json_error, presented_key, refuse_other_tenant,
-                          same_key, tenant_of)
+from gateway.auth import API_KEYS, ApiKeyLog, ApiKeys, presented_key, refuse_other_tenant, same_key, tenant_of
 from gateway.callbacks import callback_routes
-from gateway.follower import Follower
+from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
+                            capped)
+from gateway.openapi import (MAX_BODY_BYTES, NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, document, endpoint,
+                             error, reply)
+from gateway.follow import Follower
 from gateway.tracking import tracking_routes
+from gateway.writes import unhonoured
 
 ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted by the gateway", ["kind"])
-
-MAX_BODY_BYTES = 8 * 1024 * 1024
 # Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
-# The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself;
-# the admin endpoints (gateway/admin.py) take the admin key.
+# The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself.
 USERS_PATH = "/v1/users/"
 SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH, ADMIN_PATH)
-# A 422 lists at most this many problems (a 10,000-recipient batch can have 10,000 of them).
-MAX_REPORTED_ERRORS = 50
-# A field path names a map key as it was sent; past this many characters it is cut.
-MAX_PATH_PART_CHARS = 64
+# A request acts for its key's tenant (gateway/auth.py); one whose body names another is refused.
+OTHER_TENANT = {403: error("the body names a tenant other than the API key's (`detail` names the field)")}
+PUBLIC_PATHS = ("/health", "/openapi.json")
 
 
 # --- What a request may hold ------------------------------------------------------------------------------
@@ -86,6 +94,8 @@ MAX_PUSH_TOKEN_CHARS = 4096
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_VALUE_CHARS = 1024
 MAX_CHANNELS = len(Channel)
+
+T = TypeVar("T")
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -186,26 +196,6 @@ def batch_model(max_recipients: int) -> Any:
 # --- Responses ---------------------------------------------------------------------------------------------
 
 
-def path_part(part: Any) -> str:
-    text = str(part)
-    return text if len(text) <= MAX_PATH_PART_CHARS else f"{text[:MAX_PATH_PART_CHARS]}…"
-
-
-def capped(problems: list[dict[str, str]], total: int | None = None) -> list[dict[str, str]]:
-    """At most MAX_REPORTED_ERRORS problems, and a last entry that says how many were left out."""
-    total = len(problems) if total is None else total
-    if total <= MAX_REPORTED_ERRORS:
-        return problems
-    return [*problems[:MAX_REPORTED_ERRORS],
-            {"field": "(more)", "message": f"{total - MAX_REPORTED_ERRORS} more problems not shown"}]
-
-
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
-    return capped([{"field": ".".join(path_part(p) for p in err["loc"]) or "(body)", "message": err["msg"]}
-                   for err in errors[:MAX_REPORTED_ERRORS]], len(errors))
-
-
 def parse(model: type[BaseModel], body: bytes) -> BaseModel | web.Response:
     try:
         return model.model_validate_json(body)
@@ -261,6 +251,9 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
     return (request.batch_id or str(uuid.uuid4())).encode()
 
 
+# --- Keys and rates ----------------------------------------------------------------------------------------
+
+
 def own_tenant(request: web.Request, parsed: NotificationRequest | NotificationBatch) -> web.Response | None:
     """The request is its key's tenant's: a body naming another tenant is refused (403), one naming none
     gets the key's."""
@@ -268,10 +261,6 @@ def own_tenant(request: web.Request, parsed: NotificationRequest | NotificationB
     refused = refuse_other_tenant(tenant, parsed.tenant if "tenant" in parsed.model_fields_set else None, "tenant")
     parsed.tenant = tenant
     return refused
-
-
-# --- Rates -------------------------------------------------------------------------------------------------
-
 
 class RateLimiter:
     """A token bucket per API key, in this process's memory: `rate` requests a second, `burst` at once.
@@ -299,11 +288,62 @@ class RateLimiter:
         return (1 - tokens) / self.rate
 
 
-async def read_body(request: web.Request) -> bytes | web.Response:
+# --- Responses ---------------------------------------------------------------------------------------------
+
+
+class NotificationPath(BaseModel):
+    id: uuid.UUID
+    """The notification's id, as the gateway answered it."""
+
+
+class Accepted(BaseModel):
+    notification_id: uuid.UUID
+
+
+class BatchAccepted(BaseModel):
+    notification_ids: list[uuid.UUID]
+
+
+class TimelineEvent(BaseModel):
+    at_ms: int
+    """When, in milliseconds since 1970 (UTC)."""
+    stage: str
+    status: str
+    channel: str
+    """The channel, or "" for events about no channel (accepted, rejected, …)."""
+    provider: str
+    attempt: int
+    error_code: str
+    detail: str
+    latency_ms: int | None
+
+
+class Status(BaseModel):
+    notification_id: uuid.UUID
+    status: str
+    """The latest event's status."""
+    timeline: list[TimelineEvent]
+
+
+class Cancelled(BaseModel):
+    notification_id: uuid.UUID
+    cancelled: bool
+
+
+class Health(BaseModel):
+    status: str
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    """aiohttp's own errors (no such route, a method a route does not take) in the gateway's error body."""
     try:
-        return await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return json_error(413, "too_large", f"the body is over {MAX_BODY_BYTES} bytes")
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason,
+                          headers={k: v for k, v in exc.headers.items() if k == "Allow"})
 
 
 class Gateway:
@@ -322,25 +362,50 @@ class Gateway:
         self.batch_model = batch_model(settings.gateway_max_batch_recipients)
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
         self.kafka = RenewingProducer(settings, linger_ms=2)
+        self.document: str | None = None  # /openapi.json
         self.api_keys = ApiKeys(settings.api_key)
 
     def web_app(self) -> web.Application:
-        app = web.Application(middlewares=[self.require_api_key], client_max_size=MAX_BODY_BYTES)
+        app = web.Application(middlewares=[errors_as_json, self.require_api_key], client_max_size=MAX_BODY_BYTES)
         app[API_KEYS] = self.api_keys
-        keys = Follower(lambda: ApiKeyLog(self.settings, self.api_keys, self.serde))
-        app.on_startup.append(keys.on_startup)
-        app.on_cleanup.append(keys.on_cleanup)
-        app.router.add_post("/v1/notifications", self.post_notification)
-        app.router.add_post("/v1/notifications/batch", self.post_batch)
-        app.router.add_get("/v1/notifications/{id}", self.get_notification)
-        app.router.add_delete("/v1/notifications/{id}", self.cancel_notification)
-        app.router.add_get("/health", self.health)
-        app.router.add_get("/metrics", self.metrics)
+        Follower(lambda: ApiKeyLog(self.settings, self.api_keys, self.serde)).attach(app)
+        unavailable = {**UNAVAILABLE}
+        tags = ("notifications",)
+        app.router.add_post("/v1/notifications", endpoint(Operation(
+            "Send one notification", {202: Reply("Kafka has the request; the id ingest will stamp", Accepted),
+                                      **OTHER_TENANT, **unavailable},
+            body=self.request_model, tags=tags), self.post_notification))
+        app.router.add_post("/v1/notifications/batch", endpoint(Operation(
+            "Send one template to many recipients",
+            {202: Reply("Kafka has the batch; the ids ingest will stamp, in the recipients' order", BatchAccepted),
+             **OTHER_TENANT, **unavailable}, body=self.batch_model, tags=tags), self.post_batch))
+        app.router.add_get("/v1/notifications/{id}", endpoint(Operation(
+            "A notification's status and timeline (from ClickHouse)",
+            {200: Reply("its lifecycle events, oldest first", Status), **NOT_FOUND, **unavailable},
+            path=NotificationPath, tags=tags), self.get_notification))
+        app.router.add_delete("/v1/notifications/{id}", endpoint(Operation(
+            "Cancel what of a notification is not sent yet (a scheduled one, one waiting for a retry)",
+            {202: Reply("Kafka has the cancellation", Cancelled), **NOT_FOUND, **unavailable}, path=NotificationPath,
+            tags=("notifications", "scheduled")), self.cancel_notification))
+        app.router.add_get("/health", endpoint(Operation("Liveness", {200: Reply("the gateway runs", Health)},
+                                                         security=()), self.health))
+        app.router.add_get("/metrics", endpoint(Operation(
+            "Prometheus metrics", {200: Reply("the metrics, in Prometheus' text format", media="text/plain"),
+                                   401: Reply("no metrics key, or a wrong one", ErrorBody),
+                                   403: Reply("metrics are not served: no metrics key is set and they are not public",
+                                              ErrorBody)},
+            security=({"bearer": []}, {"apiKey": []}, {})), self.metrics))
+        app.router.add_get("/openapi.json", endpoint(Operation(
+            "This document", {200: Reply("the OpenAPI 3.1 document of every route", media="application/json")},
+            security=()), self.openapi))
         app.router.add_routes(tracking_routes(self.settings, self.publish_event))
         app.router.add_routes(callback_routes(self.settings, self.publish_event, self.publish_receipt))
-        from gateway.inbox import register as register_inbox  # here: gateway.inbox imports this module
+        from gateway.api import register as register_api  # here: gateway.api and gateway.inbox import this module
+        from gateway.inbox import register as register_inbox
 
         register_inbox(app, self)
+        self.api = register_api(app, self)
+        dashboard.register(app, self)
         register_admin(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
@@ -367,7 +432,7 @@ class Gateway:
 
     @web.middleware
     async def require_api_key(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path == "/health" or request.path.startswith(SIGNED_PATHS):
+        if request.path in PUBLIC_PATHS or request.path.startswith(SIGNED_PATHS) or dashboard.is_public(request.path):
             return await handler(request)
         if request.path == "/metrics":
             if self.settings.metrics_api_key:
@@ -379,8 +444,7 @@ class Gateway:
                                   "or HERALD_METRICS_PUBLIC=true")
             return await handler(request)
         tenant_of(request)  # raises 401 (or 503) for a request without a valid key
-        presented = presented_key(request)
-        wait = self.limiter.wait(presented)
+        wait = self.limiter.wait(presented_key(request))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             return json_error(429, "rate_limited",
@@ -388,107 +452,106 @@ class Gateway:
                               f"retry in {seconds} s", headers={"Retry-After": str(seconds)})
         return await handler(request)
 
+    async def send(self, topic: str, key: bytes, value: bytes, what: str) -> RecordMetadata | web.Response:
+        """One record on `topic` once the broker has it; else the error response (413 for a record over
+        the size every producer and topic holds, 503 while Kafka does not take it)."""
+        size = len(value) + len(key)
+        if size > self.settings.max_record_bytes:
+            return json_error(413, "too_large", f"the {what} is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
+        try:
+            return await self.kafka.send(topic, value, key, self.settings.gateway_produce_timeout_s)
+        except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a record the broker does not have
+            return json_error(503, "unavailable", f"Kafka did not take the {what}: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+
+    async def query(self, query: Callable[..., T], *args: Any) -> T | web.Response:
+        """`query(client, *args)` on the gateway's ClickHouse connection; 503 while ClickHouse does not answer."""
+        try:
+            async with self.clickhouse_lock:
+                return await asyncio.to_thread(query, self.clickhouse, *args)
+        except (ClickHouseError, OSError) as exc:
+            return json_error(503, "unavailable", f"ClickHouse did not answer: {type(exc).__name__}",
+                              headers={"Retry-After": "1"})
+
     async def produce(self, request: NotificationRequest | NotificationBatch) -> list[uuid.UUID] | web.Response:
         """The ids ingest will stamp, once the broker has the request; else the error response."""
         if request.requested_at is None:
             request.requested_at = datetime.now(timezone.utc)
-        value = self.serde.encode(request.AVRO_NAME, request.to_avro())
-        key = kafka_key(request)
-        size = len(value) + len(key or b"")
-        if size > self.settings.max_record_bytes:  # the one size limit every producer and topic holds
-            return json_error(413, "too_large", f"the request is {size} bytes as Avro; at most {self.settings.max_record_bytes}")
-        try:
-            metadata = await self.kafka.send(REQUESTS.name, value, key, self.settings.gateway_produce_timeout_s)
-        except (KafkaError, asyncio.TimeoutError) as exc:  # never a 202 for a request the broker does not have
-            return json_error(503, "unavailable", f"Kafka did not take the request: {type(exc).__name__}",
-                              headers={"Retry-After": "1"})
+        metadata = await self.send(REQUESTS.name, kafka_key(request),
+                                   self.serde.encode(request.AVRO_NAME, request.to_avro()), "request")
+        if isinstance(metadata, web.Response):
+            return metadata
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
-    async def post_notification(self, request: web.Request) -> web.Response:
-        body = await read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        parsed = parse(self.request_model, body)
-        if isinstance(parsed, web.Response):
-            return parsed
-        refused = own_tenant(request, parsed)
+    async def post_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
+        refused = own_tenant(request, inputs.body)
         if refused is not None:
             return refused
-        ids = await self.produce(parsed)
+        problems = unhonoured(inputs.body)
+        if problems:
+            return invalid(problems)
+        ids = await self.produce(inputs.body)
         if isinstance(ids, web.Response):
             return ids
         ACCEPTED.labels("single").inc()
-        return web.json_response({"notification_id": str(ids[0])}, status=202)
+        return reply(Accepted(notification_id=ids[0]), status=202)
 
-    async def post_batch(self, request: web.Request) -> web.Response:
-        body = await read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        parsed = parse(self.batch_model, body)
-        if isinstance(parsed, web.Response):
-            return parsed
+    async def post_batch(self, request: web.Request, inputs: Inputs) -> web.Response:
+        parsed = inputs.body
         refused = own_tenant(request, parsed)
         if refused is not None:
             return refused
         if not parsed.recipients:
-            return json_error(422, "invalid_request", [{"field": "recipients", "message": "at least one recipient"}])
-        duplicates = duplicate_member_keys(parsed)
-        if duplicates:
-            return json_error(422, "invalid_request", duplicates)
+            return invalid([{"field": "recipients", "message": "at least one recipient"}])
+        problems = duplicate_member_keys(parsed) or capped(unhonoured(parsed))
+        if problems:
+            return invalid(problems)
         ids = await self.produce(parsed)
         if isinstance(ids, web.Response):
             return ids
         ACCEPTED.labels("batch").inc(len(ids))
-        return web.json_response({"notification_ids": [str(i) for i in ids]}, status=202)
+        return reply(BatchAccepted(notification_ids=ids), status=202)
 
-    async def get_notification(self, request: web.Request) -> web.Response:
-        try:
-            wanted = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            return json_error(422, "invalid_id", "notification id must be a UUID")
-        events = await self.timeline(wanted, tenant_of(request))
+    async def get_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
+        wanted = inputs.path.id
+        events = await self.query(timeline, wanted, tenant_of(request))  # another tenant's: none
+        if isinstance(events, web.Response):
+            return events
         if not events:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
-        return web.json_response(
-            {"notification_id": str(wanted), "status": events[-1]["status"], "timeline": events},
-            dumps=lambda obj: json.dumps(obj, default=str),
-        )
+        return reply(Status(notification_id=wanted, status=events[-1]["status"], timeline=events))
 
-    async def timeline(self, notification_id: uuid.UUID, tenant: str) -> list[dict[str, Any]]:
-        """The notification's events if it is the tenant's; none for another tenant's."""
-        async with self.clickhouse_lock:
-            return await asyncio.to_thread(timeline, self.clickhouse, notification_id, tenant)
-
-    async def cancel_notification(self, request: web.Request) -> web.Response:
+    async def cancel_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
         """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
         it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it.
 
         In the name of the key's tenant, for its own notifications only: 404 when ClickHouse has the
         notification as another tenant's. One ClickHouse does not know yet (just sent) is cancelled
         too; deliver honours a cancellation only for a notification of the tenant that made it."""
-        try:
-            wanted = uuid.UUID(request.match_info["id"])
-        except ValueError:
-            return json_error(422, "invalid_id", "notification id must be a UUID")
+        wanted = inputs.path.id
         tenant = tenant_of(request)
-        async with self.clickhouse_lock:
-            owners = await asyncio.to_thread(tenants_of, self.clickhouse, wanted)
+        owners = await self.query(tenants_of, wanted)
+        if isinstance(owners, web.Response):
+            return owners
         if owners and tenant not in owners:
             return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
         record = NotificationCancelled(notification_id=wanted, tenant=tenant, cancelled_at=datetime.now(timezone.utc))
-        try:
-            await self.kafka.send(CANCELLATIONS.name, self.serde.encode_model(record), cancellation_key(tenant, wanted),
-                                  self.settings.gateway_produce_timeout_s)
-        except (KafkaError, asyncio.TimeoutError) as exc:
-            return json_error(503, "unavailable", f"Kafka did not take the cancellation: {type(exc).__name__}",
-                              headers={"Retry-After": "1"})
-        return web.json_response({"notification_id": str(wanted), "cancelled": True}, status=202)
+        sent = await self.send(CANCELLATIONS.name, cancellation_key(tenant, wanted), self.serde.encode_model(record),
+                               "cancellation")
+        if isinstance(sent, web.Response):
+            return sent
+        return reply(Cancelled(notification_id=wanted, cancelled=True), status=202)
 
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def health(self, request: web.Request, inputs: Inputs) -> web.Response:
+        return reply(Health(status="ok"))
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.Request, inputs: Inputs) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, request: web.Request, inputs: Inputs) -> web.Response:
+        if self.document is None:  # made on its first request: the routes are fixed by then
+            self.document = json.dumps(document(request.app, "Herald gateway", version("herald")))
+        return web.Response(text=self.document, content_type="application/json")
 
 
 def serve(settings: Settings | None = None) -> None:

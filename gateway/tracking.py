@@ -13,8 +13,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from agents.channels.tracking import safe_target, verify
+from gateway.openapi import Inputs, Operation, Reply, endpoint, error
 from streams.stage import now_utc
 from streams.settings import Settings
 
@@ -38,16 +40,28 @@ def tracking_event(facts: dict[str, Any], status: str, detail: str | None) -> di
     }
 
 
+class TokenPath(BaseModel):
+    token: str
+    """The signed token the email's link or pixel carries."""
+
+
+OPEN = Operation("An email's open pixel", {200: Reply("a 1×1 GIF, whatever the token", media="image/gif")},
+                 path=TokenPath, security=(), tags=("tracking",))
+CLICK = Operation("A click in an email: recorded, then redirected to its URL",
+                  {302: Reply("to the URL the token names"), 400: error("the link was not made by Herald")},
+                  path=TokenPath, security=(), tags=("tracking",))
+
+
 def tracking_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
     secret = settings.tracking_secret.get_secret_value()
 
-    async def opened(request: web.Request) -> web.Response:
+    async def opened(request: web.Request, inputs: Inputs) -> web.Response:
         facts = verify(secret, request.match_info["token"])
         if facts is not None:
             await publish(tracking_event(facts, "opened", None))
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
-    async def clicked(request: web.Request) -> web.Response:
+    async def clicked(request: web.Request, inputs: Inputs) -> web.Response:
         facts = verify(secret, request.match_info["token"])
         if facts is None or not safe_target(facts.get("u")):
             return web.json_response({"error": "invalid_link", "detail": "this link was not made by Herald"},
@@ -55,4 +69,4 @@ def tracking_routes(settings: Settings, publish: Publish) -> list[web.RouteDef]:
         await publish(tracking_event(facts, "clicked", facts["u"]))
         raise web.HTTPFound(facts["u"], headers=NO_STORE)
 
-    return [web.get("/t/o/{token}", opened), web.get("/t/c/{token}", clicked)]
+    return [web.get("/t/o/{token}", endpoint(OPEN, opened)), web.get("/t/c/{token}", endpoint(CLICK, clicked))]

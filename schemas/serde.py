@@ -424,11 +424,18 @@ class AvroSerde:
         """Encode a schemas.models record (anything with AVRO_NAME and to_avro())."""
         return self.encode(model.AVRO_NAME, model.to_avro())
 
-    def register_all(self) -> None:
-        """With a registry: register every current schema now rather than on first encode."""
-        if self.registry is not None:
-            for name in self.names:
-                self._confluent_header(self._current[name])
+    def register_all(self) -> dict[str, int]:
+        """With a registry: register every schema now rather than on first encode, each subject's kept
+        versions (schemas/history) oldest first and then the current one, so the registry holds the
+        history in order and checks each step against its compatibility rule. Returns each subject's
+        current schema id (empty without a registry)."""
+        if self.registry is None:
+            return {}
+        for name, versions in _history_files().items():
+            for raw in versions.values():
+                self.registry.register(self._current[name].full_name, json.dumps(raw))
+        return {self._current[name].full_name: int.from_bytes(self._confluent_header(self._current[name])[1:], "big")
+                for name in self.names}
 
     def _confluent_header(self, ws: WriterSchema) -> bytes:
         header = self._confluent_headers.get(ws.full_name)

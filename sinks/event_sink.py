@@ -46,6 +46,7 @@ from schemas.serde import AvroSerde, SchemaDecodeError
 from streams.codec import default_serde
 from sinks.clickhouse_client import connect
 from streams.dead_letters import dead_letter
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.codec import unbundle
 from streams.topics import DLQ, EVENTS, TopicSpec
@@ -437,7 +438,7 @@ class EventSink(Service):
         settings = self.settings
         self.consumer = AIOKafkaConsumer(
             *PROJECTIONS,
-            bootstrap_servers=settings.kafka_bootstrap,
+            **client_kwargs(settings),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -445,7 +446,7 @@ class EventSink(Service):
             fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=16 * 1024 * 1024,
         )
-        self.producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+        self.producer = AIOKafkaProducer(**client_kwargs(settings), acks="all",
                                          enable_idempotence=True, max_request_size=settings.max_message_bytes)
         await self.producer.start()
         await self.consumer.start()

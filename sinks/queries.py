@@ -2,7 +2,7 @@
 the operators' report.
 
 Every query reads `notification_events` with FINAL, so replayed events are counted once. Those that
-serve a caller take a tenant and see only its events; None (the operator's CLI) sees every tenant's.
+serve a caller take a tenant and see only its events; "" (the operator's CLI) sees every tenant's.
 """
 
 from collections.abc import Sequence
@@ -14,7 +14,7 @@ from clickhouse_driver import Client
 TIMELINE = """
 SELECT event_time_ms, stage, status, channel, provider, attempt, error_code, detail, latency_ms
 FROM notification_events FINAL
-WHERE notification_id = %(notification_id)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
+WHERE notification_id = %(notification_id)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 ORDER BY event_time_ms, stage
 """
 
@@ -26,7 +26,7 @@ SELECT DISTINCT tenant FROM notification_events WHERE notification_id = %(notifi
 COUNTS = """
 SELECT channel, status, count() AS events
 FROM notification_events FINAL
-WHERE event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
+WHERE event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel, status
 ORDER BY channel, status
 """
@@ -36,7 +36,7 @@ LATENCY = """
 SELECT channel, count() AS sent,
        quantile(0.5)(latency_ms) AS p50, quantile(0.95)(latency_ms) AS p95, quantile(0.99)(latency_ms) AS p99
 FROM notification_events FINAL
-WHERE status = 'sent' AND event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
+WHERE status = 'sent' AND event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel
 ORDER BY channel
 """
@@ -47,7 +47,7 @@ PROVIDERS = """
 SELECT channel, provider, countIf(status = 'sent') AS sent, countIf(status = 'retried') AS retried,
        countIf(status = 'failed') AS failed, arrayStringConcat(topK(3)(nullIf(error_code, '')), ' ') AS codes
 FROM notification_events FINAL
-WHERE provider != '' AND event_time >= now() - %(seconds)s AND (%(tenant)s IS NULL OR tenant = %(tenant)s)
+WHERE provider != '' AND event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel, provider
 ORDER BY channel, provider
 """
@@ -65,10 +65,26 @@ GROUP BY notification_id, channel
 FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered", "expired",
                             "opened", "clicked", "read"})
 
+# Deliveries waiting for their send_at: a `scheduled` event on a channel and no final status there yet.
+# The caller leaves out what was cancelled (deliver records those only once they are due).
+SCHEDULED = """
+SELECT toString(notification_id), channel, any(template), any(category),
+       anyIf(detail, status = 'scheduled'), min(event_time_ms) AS at_ms
+FROM notification_events FINAL
+WHERE tenant = %(tenant)s
+  AND notification_id IN (SELECT notification_id FROM notification_events WHERE tenant = %(tenant)s AND status = 'scheduled')
+  AND toString(notification_id) NOT IN %(cancelled)s
+GROUP BY notification_id, channel
+HAVING countIf(status = 'scheduled') > 0 AND countIf(status IN %(final)s) = 0
+ORDER BY at_ms, channel
+LIMIT %(limit)s
+"""
+
 COLUMNS = ("at_ms", "stage", "status", "channel", "provider", "attempt", "error_code", "detail", "latency_ms")
 
 
-def timeline(client: Client, notification_id: UUID, tenant: str | None) -> list[dict[str, Any]]:
+def timeline(client: Client, notification_id: UUID, tenant: str = "") -> list[dict[str, Any]]:
+    """The notification's events in order; only when it is `tenant`'s, when one is given."""
     rows = client.execute(TIMELINE, {"notification_id": str(notification_id), "tenant": tenant})
     return [dict(zip(COLUMNS, row)) for row in rows]
 
@@ -77,15 +93,24 @@ def tenants_of(client: Client, notification_id: UUID) -> set[str]:
     return {tenant for (tenant,) in client.execute(TENANTS_OF, {"notification_id": str(notification_id)})}
 
 
-def counts(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, str, int]]:
+def scheduled(client: Client, tenant: str, limit: int, cancelled: Sequence[str]) -> list[dict[str, Any]]:
+    """The tenant's deliveries still waiting for their send_at, first scheduled first; at most `limit`."""
+    rows = client.execute(SCHEDULED, {"tenant": tenant, "limit": limit, "final": tuple(FINAL_STATUSES),
+                                      # never empty: `NOT IN ()` is not SQL
+                                      "cancelled": (*cancelled, "")})
+    return [dict(zip(("notification_id", "channel", "template_id", "category", "detail", "scheduled_at_ms"), row))
+            for row in rows]
+
+
+def counts(client: Client, seconds: int, tenant: str) -> list[tuple[str, str, int]]:
     return client.execute(COUNTS, {"seconds": seconds, "tenant": tenant})
 
 
-def latency(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, int, float, float, float]]:
+def latency(client: Client, seconds: int, tenant: str) -> list[tuple[str, int, float, float, float]]:
     return client.execute(LATENCY, {"seconds": seconds, "tenant": tenant})
 
 
-def providers(client: Client, seconds: int, tenant: str | None) -> list[tuple[str, str, int, int, int, str]]:
+def providers(client: Client, seconds: int, tenant: str) -> list[tuple[str, str, int, int, int, str]]:
     return client.execute(PROVIDERS, {"seconds": seconds, "tenant": tenant})
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from faust.transport.drivers.aiokafka import Producer
 
+from streams.kafka_clients import faust_credentials
 from streams.settings import Settings
 
 
@@ -29,6 +30,7 @@ def create_app(settings: Settings, app_id: str | None = None) -> faust.App:
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),
         # at_least_once on purpose: faust-streaming's exactly_once is broken (#323, #440, #517);
         # every effect downstream is idempotent instead.
         processing_guarantee="at_least_once",

@@ -8,6 +8,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 
 
@@ -24,7 +25,7 @@ class RenewingProducer:
         """The producer; raises KafkaError while Kafka is away."""
         if self.producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+                **client_kwargs(self.settings), acks="all", enable_idempotence=True,
                 linger_ms=self.linger_ms, max_request_size=self.settings.max_message_bytes)
             try:
                 await producer.start()

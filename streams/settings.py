@@ -1,8 +1,9 @@
 """One settings object for every Herald process, read from HERALD_* environment variables."""
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -157,6 +158,18 @@ class Settings(BaseSettings):
     data_dir: Path = REPO_ROOT / ".herald"
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # How every Kafka client Herald runs (Faust, aiokafka, kafka-python) connects: streams/kafka_clients.py
+    # turns these into each client's arguments. SSL and SASL_SSL check the broker's certificate
+    # against `kafka_ssl_cafile` (unset: the system's CAs) and its host name; a client certificate
+    # (mutual TLS) is `kafka_ssl_certfile` with its key in `kafka_ssl_keyfile`. SASL logs in as
+    # `kafka_sasl_username` with PLAIN or SCRAM; the password is a secret, never logged.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
     topic_partitions: int = 4
     topic_replication: int = 1
     # How long a stage's producer waits to fill a request. Stages bundle records themselves and wait
@@ -243,6 +256,15 @@ class Settings(BaseSettings):
     smtp_port: int = 2525
     smtp_pool_size: int = 16
     smtp_timeout_s: float = 10.0
+    # Transport security: "starttls" (upgrade on the submission port, 587), "tls" (implicit TLS, 465) or
+    # "none". The server's certificate is checked against `smtp_ca_file` (unset: the local mailbox's
+    # CA for a loopback host, the system's CAs otherwise). With a username, the client logs in (AUTH)
+    # once the connection is encrypted. The local mailbox mirrors these: it offers the TLS mode
+    # configured here and requires AUTH with these credentials when a username is set.
+    smtp_tls: Literal["none", "starttls", "tls"] = "none"
+    smtp_ca_file: Path | None = None
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
     # Fault injection in the local mailbox (tooling/mailbox.py), for the chaos tests; 0 = none. Of the
     # SMTP transactions (MAIL … DATA), the share where one of MAIL, RCPT or DATA (drawn at random) is
     # answered 4xx, and the share where it stalls `mailbox_timeout_s` first (unset: 5 s longer than
@@ -294,6 +316,12 @@ class Settings(BaseSettings):
     chat: ChatSettings = ChatSettings()
     push: PushSettings = PushSettings()
     inbox: InboxSettings = InboxSettings()
+
+    def __init__(self, **values: Any) -> None:
+        # Secrets may also come from files, one per setting, named like its variable (a Kubernetes
+        # secret mounted as a volume): HERALD_SECRETS_DIR=/etc/herald/secrets holding e.g. a file
+        # HERALD_KAFKA_SASL_PASSWORD. A variable set in the environment wins over a file.
+        super().__init__(_secrets_dir=os.environ.get("HERALD_SECRETS_DIR"), **values)
 
     @property
     def max_record_bytes(self) -> int:

@@ -28,6 +28,7 @@ from mode import Service
 
 from schemas.serde import AvroSerde, SchemaDecodeError
 from streams.codec import default_serde
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.topics import CANCELLATIONS, CONTACTS_REMOVED, PREFERENCES, RECEIPTS, TEMPLATES, TopicSpec
 
@@ -52,7 +53,7 @@ class FoldedTable(Service):
     async def on_start(self) -> None:
         # No group: every process reads every partition of the log.
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+            **client_kwargs(self.settings), enable_auto_commit=False, group_id=None
         )
         await self.consumer.start()
         # A consumer without a group tracks metadata only for topics it was told about; aiokafka has no

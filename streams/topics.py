@@ -9,6 +9,7 @@ from operator import attrgetter
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 
 CHANNELS = ("email", "sms", "push", "in_app", "chat")
@@ -118,7 +119,7 @@ def topic_config(spec: TopicSpec, settings: Settings) -> dict[str, str]:
 
 def create_topics(settings: Settings, specs: tuple[TopicSpec, ...] = CATALOG) -> list[str]:
     """Create every topic of `specs` (the catalog) that does not exist yet; returns the names created."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-admin")
+    admin = KafkaAdminClient(**client_kwargs(settings), client_id="herald-admin")
     try:
         existing = set(admin.list_topics())
         missing = [

@@ -30,6 +30,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from mode import Service
 
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.topics import TopicSpec
 
@@ -50,7 +51,7 @@ class UserStateTable(Service):
 
     async def on_start(self) -> None:
         # No group: the worker picks the partitions itself, as its input assignment says.
-        self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
+        self.consumer = AIOKafkaConsumer(**client_kwargs(self.settings),
                                          enable_auto_commit=False, group_id=None)
         await self.consumer.start()
 

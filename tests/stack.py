@@ -44,13 +44,16 @@ def require_stack_tools() -> None:
 
 def stack_environment(data_dir: Path) -> dict[str, str]:
     """HERALD_* variables of a stack under `data_dir` on free ports, sharing the usual jar cache."""
-    kafka, controller, clickhouse, clickhouse_http, smtp, gateway, peers, apns = free_ports(8)
+    kafka, controller, kafka_tls, kafka_sasl, clickhouse, clickhouse_http, smtp, gateway, peers, apns = free_ports(10)
     return {
         "HERALD_DATA_DIR": str(data_dir),
         "HERALD_CACHE_DIR": os.environ.get("HERALD_CACHE_DIR") or str(get_settings().data_dir / "cache"),
         "HERALD_KAFKA_PORT": str(kafka),
         "HERALD_KAFKA_CONTROLLER_PORT": str(controller),
         "HERALD_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
+        # The broker's TLS listeners (deploy/local/kafka.sh); clients use the plaintext one unless told.
+        "HERALD_KAFKA_TLS_PORT": str(kafka_tls),
+        "HERALD_KAFKA_SASL_PORT": str(kafka_sasl),
         "HERALD_CLICKHOUSE_PORT": str(clickhouse),
         "HERALD_CLICKHOUSE_HTTP_PORT": str(clickhouse_http),
         "HERALD_SMTP_PORT": str(smtp),

@@ -32,6 +32,7 @@ from streams.ids import notification_id
 from tooling.local import mailbox_dir, running_pid
 from tooling.peers.server import RECEIPTS, peer_dir
 from tooling.producer import publish
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.tables import preference_key, template_key
 from streams.topics import INBOX, PREFERENCES, REQUESTS, TEMPLATES, TopicSpec, create_topics
@@ -116,7 +117,7 @@ class InboxFollower:
     def __init__(self, settings: Settings) -> None:
         self.serde = default_serde()
         # No group: the consumer is assigned every partition of the topic.
-        self.consumer = AIOKafkaConsumer(INBOX.name, bootstrap_servers=settings.kafka_bootstrap,
+        self.consumer = AIOKafkaConsumer(INBOX.name, **client_kwargs(settings),
                                          enable_auto_commit=False, max_poll_records=5000)
 
     async def start(self) -> None:
@@ -260,7 +261,7 @@ async def raw_hop(settings: Settings, count: int) -> float:
     """Messages per second through consume → decode → encode → produce, with nothing else."""
     serde = default_serde()
     create_topics(settings, (RAW_IN, RAW_OUT))
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5,
                                 enable_idempotence=True, max_batch_size=256 * 1024)
     await producer.start()
     run = uuid.uuid4()
@@ -269,7 +270,7 @@ async def raw_hop(settings: Settings, count: int) -> float:
     for _ in range(count):
         await producer.send(RAW_IN.name, payload)
     await producer.flush()
-    consumer = AIOKafkaConsumer(RAW_IN.name, bootstrap_servers=settings.kafka_bootstrap, group_id=f"herald-bench-{run}",
+    consumer = AIOKafkaConsumer(RAW_IN.name, **client_kwargs(settings), group_id=f"herald-bench-{run}",
                                 auto_offset_reset="latest", enable_auto_commit=False, max_poll_records=5000)
     await consumer.start()
     # Start from the batch we just wrote: count records back from the end.
@@ -348,7 +349,7 @@ async def produce_requests(settings: Settings, run: uuid.UUID, n: int, rate: flo
     """Send N requests as a user's service would; returns the notification ids ingest will stamp,
     each with its request's produce time (epoch ms)."""
     serde = default_serde()
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", linger_ms=5,
+    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", linger_ms=5,
                                 enable_idempotence=True, max_batch_size=256 * 1024)
     await producer.start()
     requested: dict[str, float] = {}

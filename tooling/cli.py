@@ -22,11 +22,13 @@ prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_i
 inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants' API keys (herald.tenants), through the gateway with HERALD_ADMIN_API_KEY.",
                           no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas (schemas/) and the schema registry.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(inbox_app, name="inbox")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(schemas_app, name="schemas")
 console = Console()
 
 
@@ -40,6 +42,22 @@ def topics_create() -> None:
     console.print(f"[green]{len(created)} created[/], {len(CATALOG) - len(created)} already there")
     for name in created:
         console.print(f"  + {name}")
+
+
+@schemas_app.command("register")
+def schemas_register() -> None:
+    """Register every schema (kept versions first, then the current one) with the Confluent-compatible
+    registry at HERALD_SCHEMA_REGISTRY_URL, under its full name (RecordNameStrategy)."""
+    from streams.codec import default_serde
+
+    settings = get_settings()
+    if not settings.schema_registry_url:
+        console.print("[red]HERALD_SCHEMA_REGISTRY_URL is not set[/]")
+        raise typer.Exit(1)
+    ids = default_serde().register_all()
+    console.print(f"[green]{len(ids)} subjects registered[/] at {settings.schema_registry_url}")
+    for subject, schema_id in ids.items():
+        console.print(f"  {subject}  id {schema_id}")
 
 
 @app.command()
@@ -132,23 +150,18 @@ def templates_put(
 ) -> None:
     """Publish templates to herald.templates, once every part compiles and no HTML part prints text
     unescaped (unless --allow-unsafe-html); otherwise publish nothing."""
-    from agents.template import template_problems
-    from schemas.models import TemplateUpserted
+    from gateway.writes import Refused, build_template, template_entry
     from tooling.producer import publish
-    from streams.tables import template_key
 
     documents = json.loads(path.read_text())
     records = []
     problems = []
-    for document in documents if isinstance(documents, list) else [documents]:
-        document.setdefault("updated_at", datetime.now(timezone.utc).isoformat())
-        template = TemplateUpserted.model_validate(document)
-        problems += template_problems(template.model_dump(), allow_unsafe_html)
+    for index, document in enumerate(documents if isinstance(documents, list) else [documents]):
         try:
-            records.append((template_key(template.tenant, template.template_id, template.locale, template.version),
-                            template))
-        except ValueError as exc:  # a tenant name no log key can hold
-            problems.append(f"template {template.template_id}: {exc}")
+            records.append(template_entry(build_template(document, allow_unsafe_html)))
+        except Refused as exc:
+            problems += [f"template {index} ({document.get('template_id')!r}), {p['field']}: {p['message']}"
+                         for p in exc.problems]
     if problems:
         for problem in problems:
             console.print(f"[red]✗[/] {escape(problem)}")
@@ -175,19 +188,10 @@ def prefs_set(
     tenant: Annotated[str, typer.Option(help="The tenant whose user this is.")] = "default",
 ) -> None:
     """Replace a user's preferences (herald.preferences keeps the latest per tenant and user)."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     from agents.quiet_hours import parse_window
-    from schemas.models import PreferencesUpdated
-    from streams.tables import preference_key
+    from gateway.writes import Refused, build_preferences, preferences_entry
     from tooling.producer import publish
 
-    try:
-        if time_zone is not None:
-            ZoneInfo(time_zone)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise typer.BadParameter(f"{time_zone!r} is no IANA time zone (such as Asia/Tokyo)",
-                                 param_hint="--time-zone") from exc
     try:
         window = parse_window(quiet_hours) if quiet_hours is not None else None
     except ValueError as exc:
@@ -196,17 +200,17 @@ def prefs_set(
     for item in opt_out:
         category, _, channel = item.partition(":")
         opt_outs.append({"category": category, "channel": channel})
-    preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
-        "chat_webhook": chat_webhook, "locale": locale,
-        "time_zone": time_zone, "opt_outs": opt_outs, "updated_at": datetime.now(timezone.utc),
-        "quiet_hours": {"start": window[0], "end": window[1]} if window else None,
-    })
     try:
-        key = preference_key(tenant, user_id)
-    except ValueError as exc:  # a tenant name no log key can hold
-        raise typer.BadParameter(str(exc), param_hint="--tenant") from exc
-    publish(PREFERENCES, [(key, preferences)])
+        preferences = build_preferences({
+            "user_id": user_id, "tenant": tenant, "email": email, "phone": phone, "push_tokens": push_token,
+            "chat_webhook": chat_webhook, "locale": locale, "time_zone": time_zone, "opt_outs": opt_outs,
+            "quiet_hours": {"start": window[0], "end": window[1]} if window else None,
+        })
+    except Refused as exc:
+        for problem in exc.problems:
+            console.print(f"[red]✗[/] {escape(problem['field'])}: {escape(problem['message'])}")
+        raise typer.Exit(1)
+    publish(PREFERENCES, [preferences_entry(preferences)])
     console.print(f"[green]✓[/] preferences of {user_id}")
 
 
@@ -267,7 +271,7 @@ def status(
     from sinks.clickhouse_client import connect
     from sinks.queries import timeline
 
-    events = timeline(connect(get_settings()), notification_id, tenant)
+    events = timeline(connect(get_settings()), notification_id, tenant or "")
     if not events:
         console.print(f"[yellow]no events for {notification_id} yet[/]")
         raise typer.Exit(1)
@@ -291,13 +295,13 @@ def report(
 
     client = connect(get_settings())
     by_status = Table("channel", "status", "events", title=f"lifecycle events, last {minutes} min")
-    for channel, state, events in counts(client, minutes * 60, tenant):
+    for channel, state, events in counts(client, minutes * 60, tenant or ""):
         by_status.add_row(channel or "-", state, f"{events:,}")
     quantiles = Table("channel", "sent", "p50 ms", "p95 ms", "p99 ms", title="request → provider latency")
-    for channel, sent, p50, p95, p99 in latency(client, minutes * 60, tenant):
+    for channel, sent, p50, p95, p99 in latency(client, minutes * 60, tenant or ""):
         quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
     by_provider = Table("channel", "provider", "sent", "retried", "failed", "top error codes", title="providers")
-    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60, tenant):
+    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60, tenant or ""):
         by_provider.add_row(channel, provider, f"{sent:,}", f"{retried:,}", f"{failed:,}", codes)
     console.print(by_status)
     console.print(by_provider)
@@ -359,7 +363,8 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
 def cancel(
     notification_id: Annotated[Optional[str], typer.Argument(help="The notification's id.")] = None,
     idempotency_key: Annotated[Optional[str], typer.Option(help="Or the idempotency key it was sent with.")] = None,
-    tenant: Annotated[str, typer.Option(help="Your API key's tenant (HERALD_API_KEY), for --idempotency-key.")] = "default",
+    tenant: Annotated[str, typer.Option(help="The tenant it was sent as (with --idempotency-key: its id depends on it); "
+                                             "the gateway takes the tenant from the API key.")] = "default",
 ) -> None:
     """Cancel a notification that is not sent yet (a scheduled one), by id or idempotency key."""
     import httpx
@@ -442,7 +447,28 @@ def replay_events(
     with console.status("replaying…") as status:
         done = replay(get_settings(), since, status.update)
     console.print(f"[green]✓[/] replayed {done.messages:,} messages: {done.rows:,} rows inserted (they collapse with "
-                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible")
+                  f"the rows already there), {done.refused:,} refused by ClickHouse, {done.unconvertible:,} not convertible; "
+                  f"dashboard rollups recomputed for {len(done.rollup_days)} day(s)")
+
+
+@replay_app.command("rollups")
+def replay_rollups(
+    since: Annotated[Optional[datetime], typer.Option(help="Recompute the days with events from this time on (UTC "
+                                                           "unless it says); default: every day.")] = None,
+) -> None:
+    """Recompute the dashboard's per-minute rollups from the stored events (with FINAL): after a stage
+    processed messages again (its repeated events collapse in notification_events, the views counted them)."""
+    from sinks.clickhouse_client import connect
+    from sinks.rollups import rebuild
+
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=timezone.utc)
+    client = connect(get_settings())
+    try:
+        days = rebuild(client, since)
+    finally:
+        client.disconnect()
+    console.print(f"[green]✓[/] rollups recomputed for {len(days)} day(s): {', '.join(map(str, days)) or 'none'}")
 
 
 @replay_app.command("dlq")
@@ -500,6 +526,23 @@ def demo(
         console.print(f"[green]✓[/] all {len(ids)} notifications at a final status")
     show_landings(settings, ids, gateway_url)
     report(minutes=60)
+
+
+@app.command("state-size")
+def state_size(
+    users: Annotated[int, typer.Option(help="How many users to fill the tables with.")] = 100_000,
+) -> None:
+    """Memory per user of route's per-user state (frequency caps) and of the preference table."""
+    from tooling.state_size import preference_bytes, route_state_bytes
+
+    settings = get_settings()
+    memory, changelog = route_state_bytes(settings, users)
+    preferences = preference_bytes(settings, users)
+    console.print(f"{users:,} users, route's cap state (3 sends on 2 channels each): {memory / 2**20:.0f} MB in memory "
+                  f"({memory / users:.0f} B a user), {changelog / 2**20:.0f} MB of changelog values; "
+                  f"held by the worker of each user's partition only")
+    console.print(f"{users:,} users' preferences (folded whole by route and the gateway): {preferences / 2**20:.0f} MB "
+                  f"({preferences / users:.0f} B a user)")
 
 
 @app.command()

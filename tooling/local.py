@@ -22,6 +22,7 @@ from clickhouse_driver.errors import NetworkError, SocketTimeoutError
 from kafka.admin import KafkaAdminClient
 from kafka.errors import KafkaError
 
+from streams.kafka_clients import client_kwargs
 from streams.settings import REPO_ROOT, Settings
 
 SCRIPTS = REPO_ROOT / "deploy" / "local"
@@ -88,7 +89,7 @@ def workers_ready(settings: Settings) -> bool:
     """
     logging.getLogger("kafka.admin").setLevel(logging.ERROR)  # it cannot parse Faust's member metadata
     try:
-        admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-up",
+        admin = KafkaAdminClient(**client_kwargs(settings), client_id="herald-up",
                                  bootstrap_timeout_ms=PROBE_TIMEOUT_MS, request_timeout_ms=PROBE_TIMEOUT_MS)
         try:
             groups = admin.describe_groups(worker_groups(settings))

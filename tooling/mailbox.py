@@ -9,11 +9,17 @@ For the chaos tests it can also misbehave like a struggling provider (settings `
 `mailbox_timeout_rate`, `mailbox_timeout_s`): a share of the SMTP transactions gets a 4xx on one of
 MAIL, RCPT or DATA, another share stalls there longer than the client waits. Neither stores the message.
 Every fault injected is a line of `<dir>/faults.jsonl`.
+
+Like a real relay it can insist on security, mirroring the client's settings (`smtp_tls`,
+`smtp_username`): STARTTLS required before MAIL (or implicit TLS), with the local certificate of
+tooling/peers/keys.py, and AUTH with the configured username and password.
 """
 
 import asyncio
+import hmac
 import json
 import random
+import ssl
 import time
 import weakref
 from collections.abc import Iterator
@@ -26,9 +32,10 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from streams.settings import Settings, get_settings
+from tooling.peers.keys import local_tls
 
 RECEIPTS = "received.jsonl"
 FAULTS = "faults.jsonl"
@@ -164,12 +171,47 @@ class MailboxHandler:
         return "250 OK already delivered" if duplicate else "250 OK queued"
 
 
+class Login:
+    """aiosmtpd's authenticator: the one username and password of the settings (PLAIN or LOGIN)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username, self.password = username.encode(), password.encode()
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                 data: LoginPassword) -> AuthResult:
+        good = (hmac.compare_digest(data.login, self.username)
+                and hmac.compare_digest(data.password, self.password))
+        return AuthResult(success=good, handled=False)  # handled=False: aiosmtpd answers 535 itself
+
+
+def security(settings: Settings) -> dict[str, Any]:
+    """Controller arguments mirroring the client's settings: the TLS mode of `smtp_tls` with the local
+    certificate (STARTTLS required before any mail), and AUTH required when `smtp_username` is set."""
+    kwargs: dict[str, Any] = {}
+    if settings.smtp_tls != "none":
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(local_tls(settings).server)
+        if settings.smtp_tls == "starttls":
+            kwargs.update(tls_context=context, require_starttls=True)
+        else:
+            kwargs.update(ssl_context=context)
+    if settings.smtp_username:
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else ""
+        # Implicit TLS is TLS from the first byte, but aiosmtpd only counts STARTTLS as TLS for AUTH.
+        kwargs.update(authenticator=Login(settings.smtp_username, password), auth_required=True,
+                      auth_require_tls=settings.smtp_tls == "starttls")
+    return kwargs
+
+
 def serve(directory: Path, host: str, port: int, faults: Faults | None = None) -> None:
-    """Run until interrupted; faults from the settings unless given."""
-    faults = Faults.from_settings(get_settings()) if faults is None else faults
-    controller = Controller(MailboxHandler(directory, faults), hostname=host, port=port)
+    """Run until interrupted; faults and TLS/AUTH from the settings unless given."""
+    settings = get_settings()
+    faults = Faults.from_settings(settings) if faults is None else faults
+    secured = security(settings)
+    controller = Controller(MailboxHandler(directory, faults), hostname=host, port=port, **secured)
     controller.start()
-    print(f"mailbox: SMTP on {host}:{port}, messages in {directory}", flush=True)
+    print(f"mailbox: SMTP on {host}:{port} (TLS: {settings.smtp_tls}, AUTH: {'required' if settings.smtp_username else 'off'}), "
+          f"messages in {directory}", flush=True)
     if faults:
         print(f"mailbox: injecting faults: {faults.fail_rate:.0%} of transactions fail with 4xx, "
               f"{faults.timeout_rate:.0%} stall {faults.timeout_s:g}s", flush=True)

@@ -35,11 +35,12 @@ def forget_static_members(stages: list[str]) -> None:
     from kafka.admin import MemberToRemove
     from kafka.errors import KafkaError
 
+    from streams.kafka_clients import client_kwargs
     from streams.settings import get_settings
     from streams.stage import stage_app_id
 
     settings = get_settings()
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, client_id="herald-supervisor")
+    admin = KafkaAdminClient(**client_kwargs(settings), client_id="herald-supervisor")
     try:
         for stage in stages:
             try:

@@ -6,6 +6,7 @@ from kafka import KafkaProducer
 
 from schemas.models import AvroModel
 from streams.codec import default_serde
+from streams.kafka_clients import client_kwargs
 from streams.settings import get_settings
 from streams.topics import TopicSpec
 
@@ -13,7 +14,7 @@ from streams.topics import TopicSpec
 def publish(spec: TopicSpec, records: Iterable[tuple[bytes, AvroModel]]) -> None:
     """Send keyed records and wait until the broker has them all."""
     settings = get_settings()
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    producer = KafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True,
                              max_request_size=settings.max_message_bytes)
     try:
         serde = default_serde()

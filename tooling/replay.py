@@ -5,7 +5,8 @@ ClickHouse is a projection of `herald.events` and `herald.dlq`: this reads them 
 beginning, or from the first message at or after `--since`) up to where they end now, and inserts
 what it reads with the sink's own conversion (sinks/event_sink.py). Replaying is idempotent: the
 tables collapse rows on their keys (read them with FINAL), so counts after a replay equal counts
-before. Records the sink could not convert are counted, not dead-lettered again (the sink did that
+before. The dashboard's rollups (sinks/rollups.py), which counted the replayed copies again as they
+were inserted, are then recomputed for the days replayed. Records the sink could not convert are counted, not dead-lettered again (the sink did that
 when it first read them).
 
 `herald replay dlq --reason R [--stage S]` reads herald.dlq and herald.rejected: a dead letter goes
@@ -17,15 +18,18 @@ herald.accepted). Each goes back at most once, across runs: herald.state.replaye
 import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from schemas.serde import SchemaDecodeError
+from sinks.clickhouse_client import connect
 from sinks.event_sink import PROJECTIONS, ClickHouseWriter, process
+from sinks.rollups import rebuild
 from streams.codec import bundle, default_serde
+from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
 from streams.topics import CATALOG, DLQ, REJECTED, REPLAYED, TopicSpec
 
@@ -38,6 +42,7 @@ class Replayed:
     rows: int = 0
     refused: int = 0
     unconvertible: int = 0
+    rollup_days: list[int] = field(default_factory=list)  # the days (YYYYMMDD) whose rollups were recomputed
 
 
 def start_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], since: datetime | None,
@@ -49,7 +54,7 @@ def start_offsets(consumer: KafkaConsumer, partitions: list[TopicPartition], sin
 
 
 def replay_events(settings: Settings, since: datetime | None, say: Callable[[str], None]) -> Replayed:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = KafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
                              max_poll_records=5000)
     writer = ClickHouseWriter(settings)
     serde = default_serde()
@@ -75,6 +80,12 @@ def replay_events(settings: Settings, since: datetime | None, say: Callable[[str
                 records = []
         if records:
             insert(records)
+        if done.rows:
+            client = connect(settings)
+            try:
+                done.rollup_days = rebuild(client, since)
+            finally:
+                client.disconnect()
         return done
     finally:
         consumer.close()
@@ -142,8 +153,8 @@ def replay_refused(settings: Settings, reason: str, stage: str | None, say: Call
     """Send the dead letters and rejections with this reason (and stage) back where they came from,
     each at most once across replays; returns how many went back to each topic."""
     serde = default_serde()
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=None, enable_auto_commit=False)
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
+    consumer = KafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    producer = KafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True,
                              max_request_size=settings.max_message_bytes)
     sent: Counter[str] = Counter()
     try:

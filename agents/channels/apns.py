@@ -14,10 +14,8 @@ the device token is dead; 429, 5xx transient; 403 ExpiredProviderToken, a new to
 send (transient); any other 4xx permanent, coded `apns_<reason>`.
 """
 
-import ipaddress
 import json
 import re
-import ssl
 import time
 import uuid
 from typing import Any
@@ -74,19 +72,6 @@ class ProviderToken:
         self.value = None
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def tls_context(apns: ApnsSettings, settings: Settings) -> ssl.SSLContext:
-    """Trust the configured CA; unset, the local peer's CA for a loopback host, the system's otherwise."""
-    ca_file = apns.ca_file or (keys.apns_tls(settings).ca if is_loopback(apns.host) else None)
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-
-
 def outcome(response: httpx.Response, token: ProviderToken) -> Outcome:
     if response.status_code == 200:
         return SENT
@@ -122,7 +107,7 @@ class ApnsSender(Service):
         private_key = apns.private_key.get_secret_value() if apns.private_key else keys.apns_auth_key(settings)
         self.token = ProviderToken(private_key, apns.key_id, apns.team_id)
         self.client = httpx.AsyncClient(
-            http2=True, verify=tls_context(self.apns, self.settings), timeout=self.apns.timeout_s,
+            http2=True, verify=keys.client_tls_context(self.apns.ca_file, self.apns.host, self.settings), timeout=self.apns.timeout_s,
             base_url=f"https://{self.apns.host}:{self.apns.port}")
 
     async def on_stop(self) -> None:

@@ -1,4 +1,5 @@
-"""Email over SMTP (aiosmtplib), with a pool of open connections to the configured server.
+"""Email over SMTP (aiosmtplib), with a pool of open connections to the configured server, over
+STARTTLS or implicit TLS and with AUTH when the settings say so (smtp_tls, smtp_username).
 
 Message-ID is derived from the notification id: it is the provider-side idempotency key, so a
 mailbox that already holds the message recognises a resend after a crash.
@@ -17,6 +18,7 @@ from mode import Service
 from agents.channels.base import SENT, Channel, Outcome, Result, first_of
 from agents.channels.tracking import track_html
 from streams.settings import Settings
+from tooling.peers.keys import client_tls_context
 
 
 def email_address(raw: str) -> str:
@@ -82,7 +84,10 @@ DEAD_MAILBOX = ("5.1.1", "5.1.10")
 
 def classify(exc: Exception) -> Outcome:
     """SMTP 4xx and connection trouble are transient; SMTP 5xx is permanent, and a dead address when
-    the enhanced code says the mailbox does not exist."""
+    the enhanced code says the mailbox does not exist. A refused login is transient: it is no fault
+    of the message, and the retries give the credentials a chance to be fixed."""
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return Outcome(Result.TRANSIENT, "smtp_auth", str(exc))
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
         exc = exc.recipients[0]
     code = getattr(exc, "code", None)
@@ -94,6 +99,20 @@ def classify(exc: Exception) -> Outcome:
     if isinstance(code, int) and code >= 400:
         return Outcome(Result.TRANSIENT, f"smtp_{code}", str(exc))
     return Outcome(Result.TRANSIENT, "smtp_connection", f"{type(exc).__name__}: {exc}")
+
+
+def smtp_client(settings: Settings) -> aiosmtplib.SMTP:
+    """A client of the configured server: STARTTLS or implicit TLS as `smtp_tls` says (never an
+    opportunistic upgrade it could be talked out of), then AUTH when a username is set; both happen
+    on connect."""
+    tls = settings.smtp_tls != "none"
+    password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+    return aiosmtplib.SMTP(
+        hostname=settings.smtp_host, port=settings.smtp_port, timeout=settings.smtp_timeout_s,
+        use_tls=settings.smtp_tls == "tls", start_tls=settings.smtp_tls == "starttls",
+        tls_context=client_tls_context(settings.smtp_ca_file, settings.smtp_host, settings) if tls else None,
+        username=settings.smtp_username, password=password if settings.smtp_username else None,
+    )
 
 
 class EmailAdapter(Service):
@@ -108,10 +127,7 @@ class EmailAdapter(Service):
 
     async def on_start(self) -> None:
         for _ in range(self.settings.smtp_pool_size):
-            self.pool.put_nowait(aiosmtplib.SMTP(
-                hostname=self.settings.smtp_host, port=self.settings.smtp_port,
-                timeout=self.settings.smtp_timeout_s, start_tls=False,
-            ))
+            self.pool.put_nowait(smtp_client(self.settings))
 
     async def on_stop(self) -> None:
         while not self.pool.empty():

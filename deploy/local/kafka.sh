@@ -10,6 +10,12 @@ source "$HERE/common.sh"
 
 PORT="${HERALD_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${HERALD_KAFKA_CONTROLLER_PORT:-9093}"
+# Optional TLS listeners: SSL (TLS only) and SASL_SSL (TLS, then PLAIN or SCRAM login as the user
+# below, the one Herald's clients log in as). Off unless their ports are set.
+TLS_PORT="${HERALD_KAFKA_TLS_PORT:-}"
+SASL_PORT="${HERALD_KAFKA_SASL_PORT:-}"
+SASL_USERNAME="${HERALD_KAFKA_SASL_USERNAME:-herald}"
+SASL_PASSWORD="${HERALD_KAFKA_SASL_PASSWORD:-herald-local-secret}"
 # Bounded heap: the machine is shared with ClickHouse, the app and tests.
 HEAP_OPTS="${HERALD_KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
 START_TIMEOUT="${HERALD_KAFKA_START_TIMEOUT:-90}"
@@ -24,6 +30,7 @@ DATA_DIR="$KAFKA_DIR/data"
 LOG_DIR="$KAFKA_DIR/logs"
 PROPS="$KAFKA_DIR/server.properties"
 PID_FILE="$KAFKA_DIR/kafka.pid"
+TLS_DIR="$KAFKA_DIR/tls"
 PID_PATTERN="kafka.Kafka"
 
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
@@ -55,13 +62,59 @@ fetch() {
   log "fetched $(find "$LIB_DIR" -name '*.jar' | wc -l) jars"
 }
 
+tls_enabled() { [[ -n $TLS_PORT || -n $SASL_PORT ]]; }
+
+# A value as the replacement of a sed s||| command.
+sed_escape() { printf '%s' "$1" | sed -e 's/[|&\\]/\\&/g'; }
+
+# The broker's TLS key and certificate, made once per data dir: a local CA (ca.pem, what clients
+# trust) and a certificate it issues for 127.0.0.1 and localhost, in a PKCS12 keystore.
+make_certs() {
+  [[ -f $TLS_DIR/broker.p12 ]] && return 0
+  command -v openssl >/dev/null || die "openssl not found (apt-get install -y openssl)"
+  log "making the broker's TLS certificate in $TLS_DIR"
+  local tmp="$TLS_DIR.tmp.$$"
+  rm -rf "$tmp" && mkdir -p "$tmp" && chmod 700 "$tmp"
+  (
+    cd "$tmp"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+      -subj "/CN=Herald local Kafka CA" -keyout ca.key -out ca.pem \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=127.0.0.1" \
+      -keyout broker.key -out broker.csr
+    printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+      "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+      "authorityKeyIdentifier=keyid" >broker.ext
+    openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile broker.ext -out broker.pem
+    openssl rand -hex 16 >keystore.password
+    openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+      -passout file:keystore.password -out broker.p12
+    rm -f broker.csr broker.ext ca.srl
+  ) >"$tmp/openssl.log" 2>&1 || { show_tail "$tmp/openssl.log"; rm -rf "$tmp"; die "making the TLS certificate failed"; }
+  rm -rf "$TLS_DIR"
+  mv "$tmp" "$TLS_DIR"
+}
+
 # Regenerated on every start so port overrides take effect.
 write_config() {
   mkdir -p "$DATA_DIR" "$LOG_DIR"
+  local tls_listeners=""
+  [[ -n $TLS_PORT ]] && tls_listeners+=",SSL://127.0.0.1:$TLS_PORT"
+  [[ -n $SASL_PORT ]] && tls_listeners+=",SASL_SSL://127.0.0.1:$SASL_PORT"
   sed -e "s|@PORT@|$PORT|g" \
       -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" \
+      -e "s|@TLS_LISTENERS@|$tls_listeners|g" \
       -e "s|@LOG_DIRS@|$DATA_DIR|g" \
       "$HERE/kafka/server.properties.template" >"$PROPS"
+  tls_enabled || return 0
+  [[ $SASL_USERNAME$SASL_PASSWORD != *[\"\\]* ]] || die "the SASL username and password may not hold \" or \\"
+  sed -e "s|@TLS_DIR@|$TLS_DIR|g" \
+      -e "s|@TLS_PASSWORD@|$(<"$TLS_DIR/keystore.password")|g" \
+      -e "s|@SASL_USERNAME@|$(sed_escape "$SASL_USERNAME")|g" \
+      -e "s|@SASL_PASSWORD@|$(sed_escape "$SASL_PASSWORD")|g" \
+      "$HERE/kafka/tls.properties.template" >>"$PROPS"
+  chmod 600 "$PROPS"
 }
 
 # KRaft needs formatted storage (cluster id + meta.properties) once.
@@ -71,8 +124,12 @@ format_storage() {
   cluster_id=$("$JAVA" -cp "$LIB_DIR/*" kafka.tools.StorageTool random-uuid)
   log "formatting storage in $DATA_DIR (cluster id $cluster_id)"
   # No --standalone: the quorum is given statically by controller.quorum.voters.
+  # The SASL user's SCRAM credentials live in the cluster metadata, written here (PLAIN needs none).
+  local scram=()
+  tls_enabled && scram=(--add-scram "SCRAM-SHA-256=[name=$SASL_USERNAME,password=$SASL_PASSWORD]"
+                        --add-scram "SCRAM-SHA-512=[name=$SASL_USERNAME,password=$SASL_PASSWORD]")
   "$JAVA" -cp "$LIB_DIR/*" kafka.tools.StorageTool format \
-    -t "$cluster_id" -c "$PROPS" --ignore-formatted >>"$LOG_DIR/stdout.log" 2>&1 \
+    -t "$cluster_id" -c "$PROPS" --ignore-formatted "${scram[@]}" >>"$LOG_DIR/stdout.log" 2>&1 \
     || { show_tail "$LOG_DIR/stdout.log"; die "storage format failed"; }
 }
 
@@ -111,8 +168,9 @@ start() {
     return 0
   fi
   command -v "$JAVA" >/dev/null || die "java not found (need Java 17+)"
-  require_ports_free "$PORT" "$CONTROLLER_PORT"
+  require_ports_free "$PORT" "$CONTROLLER_PORT" $TLS_PORT $SASL_PORT
   fetch
+  if tls_enabled; then make_certs; fi
   write_config
   format_storage
 
@@ -129,7 +187,7 @@ start() {
     -cp "$LIB_DIR/*" kafka.Kafka "$PROPS"
   pid=$(<"$PID_FILE")
   wait_ready "$pid" "$log_offset"
-  log "ready on 127.0.0.1:$PORT (pid $pid, $((SECONDS - t0))s)"
+  log "ready on 127.0.0.1:$PORT${TLS_PORT:+, SSL on :$TLS_PORT}${SASL_PORT:+, SASL_SSL on :$SASL_PORT} (pid $pid, $((SECONDS - t0))s)"
 }
 
 stop() {

@@ -1,5 +1,6 @@
 """Tenant isolation end to end (issue #9): tenant A's key cannot read tenant B's notification status,
-templates or preferences, and cannot send as B; a revoked key is refused.
+templates or preferences (through the API, or by sending with them), and cannot send as B; a
+revoked key is refused.
 
 On a private stack (tests/stack.py) with an admin key: the keys are made and revoked with
 `herald tenants`, the templates and preferences with `herald templates put` and `herald prefs set`,
@@ -53,6 +54,11 @@ def send(settings: Settings, key: str, body: dict) -> httpx.Response:
                       headers={"X-API-Key": key}, timeout=10)
 
 
+def get(settings: Settings, key: str, path: str) -> httpx.Response:
+    return httpx.get(f"http://{settings.gateway_host}:{settings.gateway_port}{path}", headers={"X-API-Key": key},
+                     timeout=10)
+
+
 def status(settings: Settings, key: str, notification_id: str, method: str = "GET") -> int:
     url = f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{notification_id}"
     return httpx.request(method, url, headers={"X-API-Key": key}, timeout=10).status_code
@@ -102,6 +108,16 @@ def test_one_tenants_key_cannot_read_or_use_anothers_and_a_revoked_key_is_refuse
     found = wait_for_statuses(clickhouse, "acme", [user_id], {"suppressed"}, timeout=60)
     assert "suppressed" in found[user_id] and "sent" not in found[user_id], found.get(user_id)
     assert not any("bob@globex.example" in r.to for r in read_receipts(mailbox_dir(stack)))
+
+    # The HTTP API shows each tenant its own templates and preferences, never the other's.
+    listed = {t: {(x["template_id"], tuple(x["versions"])) for x in get(stack, key, "/v1/templates").json()["templates"]}
+              for t, key in (("acme", acme), ("globex", globex))}
+    assert listed == {"acme": {("receipt", (1,))}, "globex": {("receipt", (1,)), ("globex-only", (1,))}}
+    assert get(stack, acme, "/v1/templates/globex-only/versions/1").status_code == 404
+    assert get(stack, acme, "/v1/templates/receipt/versions/1").json()["parts"][0]["subject"] == "Acme receipt {{ order }}"
+    assert get(stack, acme, "/v1/preferences/alice").json()["email"] == "alice@acme.example"
+    assert get(stack, globex, "/v1/preferences/alice").json()["email"] == "alice@globex.example"
+    assert get(stack, acme, "/v1/preferences/bob").status_code == 404
 
     # Status: each tenant reads its own notifications only; acme cannot cancel globex's.
     wait_for_statuses(clickhouse, "globex", [ids["globex"]], {"sent"}, timeout=60)

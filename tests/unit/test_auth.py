@@ -189,7 +189,8 @@ async def test_status_and_cancel_of_another_tenants_notification_are_404(monkeyp
     def timeline(client: object, notification_id: uuid.UUID, tenant: str | None) -> list[dict[str, Any]]:
         if owned.get(notification_id) != tenant:
             return []
-        return [{"at_ms": 1, "stage": "ingest", "status": "accepted"}]
+        return [{"at_ms": 1, "stage": "ingest", "status": "accepted", "channel": "", "provider": "", "attempt": 0,
+                 "error_code": "", "detail": "", "latency_ms": None}]
 
     def tenants_of(client: object, notification_id: uuid.UUID) -> set[str]:
         return {owned[notification_id]} if notification_id in owned else set()

@@ -43,6 +43,11 @@ def errors(response: web.Response) -> list[dict[str, str]]:
     return payload["detail"]
 
 
+def errors_of(payload: dict) -> list[dict[str, str]]:
+    assert payload["error"] == "invalid_request"
+    return payload["detail"]
+
+
 def as_ingest_sees_it(model: NotificationRequest | NotificationBatch) -> Envelope:
     """The request after the gateway encoded it and ingest decoded it from herald.requests."""
     serde = default_serde()
@@ -207,8 +212,7 @@ async def test_empty_batch_is_422(client: TestClient) -> None:
 
 async def test_status_of_a_non_uuid_is_422(client: TestClient) -> None:
     response = await client.get("/v1/notifications/not-a-uuid", headers={"X-API-Key": "secret"})
-    assert response.status == 422
-    assert (await response.json())["error"] == "invalid_id"
+    assert [e["field"] for e in errors_of(await response.json())] == ["id"]
 
 
 def test_gateway_refuses_to_run_without_an_api_key() -> None:
@@ -384,6 +388,23 @@ async def test_each_string_is_accepted_at_its_limit_and_refused_past_it(path, pa
         detail = await refused(client, path, payload(over))
     assert [e["field"] for e in detail] == [field]
     assert detail[0]["message"]
+    assert len(producer.sent) == 1
+
+
+async def test_a_field_not_honoured_yet_is_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gateway/writes.py NOT_HONOURED, as it was before quiet hours read the recipient's time zone."""
+    from gateway import writes
+    from schemas.models import Recipient
+
+    monkeypatch.setattr(writes, "NOT_HONOURED", {Recipient: ("time_zone",)})
+    producer = StandInProducer()
+    async with await gateway_with(producer) as client:
+        single = await refused(client, SINGLE, with_recipient(time_zone="Asia/Tokyo"))
+        batch = await refused(client, MANY, with_member_recipient(time_zone="Asia/Tokyo"))
+        await accepted(client, SINGLE, with_recipient(time_zone=None))
+    assert [e["field"] for e in single] == ["recipient.time_zone"]
+    assert [e["field"] for e in batch] == ["recipients.0.recipient.time_zone"]
+    assert "not honoured" in single[0]["message"]
     assert len(producer.sent) == 1
 
 

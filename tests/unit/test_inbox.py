@@ -17,7 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError
 
 from agents.channels.in_app import inbox_key, message_event_id
-from gateway import follower as follower_module
+from gateway import follow
 from gateway import inbox as inbox_module
 from gateway.auth import API_KEYS, ApiKeys, new_key
 from gateway.inbox import Inbox, InboxApi, InboxLog, InvalidToken, mint_token, token_owner
@@ -332,12 +332,12 @@ def test_a_user_has_a_bounded_number_of_streams() -> None:
 
 
 async def test_the_follower_retries_while_kafka_is_away_and_stops_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(follower_module, "FOLLOW_RETRY_S", 0.05)
+    monkeypatch.setattr(follow, "FOLLOW_RETRY_S", 0.05)
     inbox = Inbox(200, -1)
     nowhere = Settings(kafka_bootstrap="127.0.0.1:1")  # nothing listens there
-    follower = follower_module.Follower(lambda: InboxLog(nowhere, inbox))
+    follower = follow.Follower(lambda: InboxLog(nowhere, inbox))
     await follower.on_startup(web.Application())
     await asyncio.sleep(0.3)
     assert follower.task is not None and not follower.task.done() and not inbox.ready.is_set()
     await follower.on_cleanup(web.Application())
-    assert follower.task.done() and follower.log is None
+    assert follower.task.done() and follower.table is None

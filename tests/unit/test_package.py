@@ -24,7 +24,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     return zipfile.ZipFile(built)
 
 
-def test_the_wheel_holds_every_package_its_schemas_and_migrations(wheel: zipfile.ZipFile) -> None:
+def test_the_wheel_holds_every_package_its_schemas_migrations_and_dashboard(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     for package in PYPROJECT["tool"]["setuptools"]["packages"]:
         assert f"{package.replace('.', '/')}/__init__.py" in names, package
@@ -34,6 +34,8 @@ def test_the_wheel_holds_every_package_its_schemas_and_migrations(wheel: zipfile
     assert history <= names
     migrations = {f"sinks/migrations/{p.name}" for p in (REPO_ROOT / "sinks/migrations").glob("*.sql")}
     assert migrations and migrations <= names
+    # The dashboard's page and its bundle (`make assets`, which `make venv` runs, builds the bundle).
+    assert {"gateway/static/index.html", "gateway/static/dist/dashboard.js", "gateway/static/dist/dashboard.css"} <= names
     assert not any(name.startswith("tests/") for name in names)
 
 

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from typer.testing import CliRunner
 
-from agents.quiet_hours import parse_hhmm, parse_window, quiet_deferral, window_end
+from agents.quiet_hours import parse_hhmm, parse_window, quiet_deferral, window_end, zone
 from agents.route import hold
 from tests.unit import records
 
@@ -126,6 +126,12 @@ def test_cli_prefs_set_takes_quiet_hours_and_a_checked_time_zone(monkeypatch: py
     assert key == b"kenji" and preferences.time_zone == "Asia/Tokyo"
     assert (preferences.quiet_hours.start, preferences.quiet_hours.end) == ("22:00", "07:00")
     code, output, published = prefs_set(monkeypatch, "--time-zone", "Asia/Tokio")
-    assert code == 2 and "'Asia/Tokio' is no IANA time zone" in output and published == []
+    assert code == 1 and "time_zone: 'Asia/Tokio' is no IANA time zone" in output and published == []
     code, output, published = prefs_set(monkeypatch, "--quiet-hours", "10pm-7am")
     assert code == 2 and "--quiet-hours" in output and published == []
+
+
+def test_a_name_that_is_no_zone_is_read_as_utc() -> None:
+    # 'America' is a directory of the tz database: zoneinfo raises IsADirectoryError, not ZoneInfoNotFoundError.
+    assert [zone(name) for name in ("America", "Asia/Tokio", "../etc", None)] == [UTC] * 4
+    assert zone("Asia/Tokyo").key == "Asia/Tokyo"

@@ -7,8 +7,6 @@ import json
 import random
 import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import avro.io
@@ -25,95 +23,24 @@ from schemas.serde import (
     SchemaRegistry,
     current_schemas,
     fingerprint,
+    history_schemas,
 )
 from streams.codec import default_serde
+from tests.registry_standin import REGISTRY_CT, serve_registry
 
 SCHEMAS = current_schemas()
 NAMES = sorted(SCHEMAS)
-REGISTRY_CT = "application/vnd.schemaregistry.v1+json"
-
-
-# --------------------------------------------------------------------------------------------------
-# A tiny real schema registry (the two ccompat endpoints the serde uses), on 127.0.0.1
-
-
-class FakeRegistryState:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.schemas: dict[int, str] = {}  # id -> schema text
-        self.subjects: dict[str, list[int]] = {}
-        self.requests: list[tuple[str, str, str | None]] = []  # method, path, content type
-        self.next_id = 101
-
-    def register(self, subject: str, text: str) -> int:
-        parsed = json.loads(text)
-        with self.lock:
-            for schema_id, existing in self.schemas.items():
-                if json.loads(existing) == parsed:
-                    break
-            else:
-                schema_id = self.next_id
-                self.next_id += 7
-                self.schemas[schema_id] = text
-            versions = self.subjects.setdefault(subject, [])
-            if schema_id not in versions:
-                versions.append(schema_id)
-        return schema_id
-
-    def count(self, method: str, prefix: str) -> int:
-        return sum(1 for m, p, _ in self.requests if m == method and p.startswith(prefix))
-
-
-class RegistryHandler(BaseHTTPRequestHandler):
-    state: FakeRegistryState  # set per server
-
-    def log_message(self, *args: Any) -> None:  # keep test output quiet
-        pass
-
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", REGISTRY_CT)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_POST(self) -> None:
-        self.state.requests.append(("POST", self.path, self.headers.get("Content-Type")))
-        m = re.fullmatch(r"/subjects/([^/]+)/versions", self.path)
-        if not m:
-            return self._reply(404, {"error_code": 404, "message": "HTTP 404 Not Found"})
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        try:
-            text = json.loads(body)["schema"]
-            json.loads(text)
-        except (ValueError, KeyError):
-            return self._reply(422, {"error_code": 42201, "message": "Invalid schema"})
-        from urllib.parse import unquote
-
-        self._reply(200, {"id": self.state.register(unquote(m.group(1)), text)})
-
-    def do_GET(self) -> None:
-        self.state.requests.append(("GET", self.path, None))
-        m = re.fullmatch(r"/schemas/ids/(\d+)", self.path)
-        if m and int(m.group(1)) in self.state.schemas:
-            return self._reply(200, {"schema": self.state.schemas[int(m.group(1))]})
-        self._reply(404, {"error_code": 40403, "message": f"Schema {m.group(1) if m else '?'} not found"})
 
 
 @pytest.fixture(scope="module")
 def registry_server():
-    state = FakeRegistryState()
-    handler = type("Handler", (RegistryHandler,), {"state": state})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    server.url = f"http://127.0.0.1:{server.server_address[1]}"  # type: ignore[attr-defined]
-    server.state = state  # type: ignore[attr-defined]
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    yield from serve_registry()
+
+
+@pytest.fixture
+def empty_registry_server():
+    """A registry no other test has registered anything with."""
+    yield from serve_registry()
 
 
 @pytest.fixture
@@ -218,9 +145,41 @@ def test_registry_requests_are_cached_and_typed(registry_server, registry: Schem
         other.close()
 
 
-def test_register_all(registry_server, registry: SchemaRegistry) -> None:
-    AvroSerde(registry).register_all()
-    assert {f"io.herald.{n}" for n in NAMES} <= set(registry_server.state.subjects)
+def test_register_all(empty_registry_server) -> None:
+    registry_server = empty_registry_server
+    registry = SchemaRegistry(registry_server.url, timeout=5)
+    ids = AvroSerde(registry).register_all()
+    registry.close()
+    subjects = registry_server.state.subjects
+    assert {f"io.herald.{n}" for n in NAMES} == set(ids) <= set(subjects)
+    # Kept versions first, oldest first, then the current one: the registry sees the history in order.
+    expected: list[dict] = []
+    for schema in [*history_schemas()["LifecycleEvent"].values(), SCHEMAS["LifecycleEvent"]]:
+        if schema not in expected:  # a kept version equal to the current one is the same registry version
+            expected.append(schema)
+    versions = [json.loads(registry_server.state.schemas[i]) for i in subjects["io.herald.LifecycleEvent"]]
+    assert len(expected) > 1 and versions == expected
+    assert subjects["io.herald.LifecycleEvent"][-1] == ids["io.herald.LifecycleEvent"]
+
+
+def test_herald_schemas_register(registry_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from streams.codec import default_serde
+    from streams.settings import get_settings
+    from tooling.cli import app
+
+    monkeypatch.setenv("HERALD_SCHEMA_REGISTRY_URL", registry_server.url)
+    get_settings.cache_clear()
+    default_serde.cache_clear()
+    try:
+        done = CliRunner().invoke(app, ["schemas", "register"])
+    finally:
+        get_settings.cache_clear()
+        default_serde.cache_clear()
+    assert done.exit_code == 0, done.output
+    assert f"{len(NAMES)} subjects registered" in done.output
+    assert "io.herald.NotificationRequest" in done.output
 
 
 def test_decoder_accepts_both_framings(registry: SchemaRegistry, plain: AvroSerde) -> None:

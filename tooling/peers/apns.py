@@ -156,7 +156,7 @@ async def run(peer: Peer, settings: Settings, listening: socket.socket, shutdown
     """Serve the APNs peer on a listening socket (its ownership passes to hypercorn) until `shutdown`."""
     config = Config()
     config.bind = [f"fd://{listening.detach()}"]
-    config.certfile = config.keyfile = str(keys.apns_tls(settings).server)
+    config.certfile = config.keyfile = str(keys.local_tls(settings).server)
     config.accesslog = None
     await serve(ApnsPeer(peer, settings), config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
 

@@ -7,8 +7,8 @@ there, HERALD_PUSH__* settings hold the keys Apple, Google and the VAPID key pai
 client subscribed with.
 
 - apns-auth-key.p8: the APNs token-auth key (EC P-256, PKCS#8 PEM, like the .p8 Apple hands out).
-- apns-ca.pem, apns-server.pem: a self-signed CA and the APNs peer's TLS certificate and key,
-  issued by it for 127.0.0.1 and localhost.
+- apns-ca.pem, apns-server.pem: a self-signed CA and the TLS certificate and key of the local
+  peers that speak TLS (the APNs peer, the mailbox), issued by it for 127.0.0.1 and localhost.
 - fcm-service-account.json: a Google service account (RSA 2048 key) in Google's JSON key format.
 - vapid-private.pem: the web push VAPID key (EC P-256, PKCS#8 PEM).
 - webpush-seed: the secret the web push peer derives its subscriptions' keys from (`subscription_keys`).
@@ -24,6 +24,7 @@ import ipaddress
 import json
 import os
 import shutil
+import ssl
 import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -121,9 +122,25 @@ class TlsFiles(NamedTuple):
     server: Path  # key and certificate in one PEM file
 
 
-def apns_tls(settings: Settings) -> TlsFiles:
+def local_tls(settings: Settings) -> TlsFiles:
+    """The local CA and the certificate it issued for 127.0.0.1 and localhost, which every local TLS
+    peer serves: the APNs peer and the mailbox (STARTTLS or implicit TLS)."""
     directory = keys_dir(settings)
     return TlsFiles(directory / APNS_CA, directory / APNS_SERVER)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def client_tls_context(ca_file: Path | None, host: str, settings: Settings) -> ssl.SSLContext:
+    """A client's TLS context for `host`: trust the configured CA; unset, the local CA for a loopback
+    host (the local peers), the system's otherwise."""
+    ca_file = ca_file or (local_tls(settings).ca if is_loopback(host) else None)
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
 
 
 def fcm_service_account(settings: Settings) -> dict[str, Any]:

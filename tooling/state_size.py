@@ -1,0 +1,78 @@
+"""Memory per user of the state a worker holds (`herald state-size`), measured with tracemalloc.
+
+- route's per-user state (frequency caps, streams/user_state.py): a worker holds only the users of
+  its partitions, so its memory is this figure times its share of the users;
+- the preference table, folded whole by every route and gateway process, for comparison.
+Scheduled notifications are not held in memory: they wait on herald.scheduled (agents/deliver.py).
+"""
+
+import json
+import tracemalloc
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agents.caps import record_send, sends_key
+from schemas.models import PreferencesUpdated
+from streams.codec import default_serde
+from streams.settings import Settings
+from streams.tables import PreferenceTable
+from streams.topics import ROUTE_USERS
+from streams.user_state import UserStateTable
+
+HOURLY_AND_DAILY = [{"channel": "*", "limit": 3, "period_s": 3600}, {"channel": "*", "limit": 10, "period_s": 86400}]
+
+
+def measured(fill: Callable[[], Any]) -> tuple[int, Any]:
+    """Bytes still allocated by what `fill` built (kept alive through its return value)."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    held = fill()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before, held
+
+
+def cap_state(user: int, sends_per_channel: int, now: datetime) -> dict[str, Any]:
+    """A user's route state: the recent sends on two channels of one category."""
+    state: dict[str, Any] = {}
+    for channel in ("email", "push"):
+        sends: list[list[Any]] = []
+        for i in range(sends_per_channel):
+            at = now - timedelta(minutes=10 * i)
+            sends = record_send(sends, HOURLY_AND_DAILY, str(uuid.UUID(int=user * 100 + i)), at, now)
+        state[sends_key("marketing", channel)] = sends
+    return state
+
+
+def route_state_bytes(settings: Settings, users: int, sends_per_channel: int = 3) -> tuple[int, int]:
+    """(memory, changelog bytes) of route's cap state for `users` users."""
+    now = datetime.now(UTC)
+    values = [json.dumps(cap_state(user, sends_per_channel, now)).encode() for user in range(users)]
+
+    def fill() -> UserStateTable:
+        table = UserStateTable(settings, ROUTE_USERS)
+        for user, value in enumerate(values):
+            table.apply(user % settings.topic_partitions, f"acme/user-{user}".encode(), value)
+        return table
+
+    memory, _ = measured(fill)
+    return memory, sum(len(v) for v in values)
+
+
+def preference_bytes(settings: Settings, users: int) -> int:
+    serde = default_serde()
+    now = datetime.now(UTC)
+    values = [serde.encode("PreferencesUpdated", PreferencesUpdated(
+        user_id=f"user-{user}", tenant="acme", email=f"user-{user}@example.com", phone=f"+1415555{user % 10000:04d}",
+        push_tokens=[f"fcm:device-{user}"], time_zone="Europe/Paris", updated_at=now).to_avro()) for user in range(users)]
+
+    def fill() -> PreferenceTable:
+        table = PreferenceTable(settings, serde)
+        for user, value in enumerate(values):
+            table.apply(f"acme/user-{user}".encode(), value)
+        return table
+
+    memory, _ = measured(fill)
+    return memory
