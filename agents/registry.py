@@ -16,6 +16,7 @@ STAGE_PATHS: dict[str, str] = {
     "ingest": "agents.ingest:INGEST",
     "validate": "agents.validate:VALIDATE",
     "template": "agents.template:TEMPLATE",
+    "digest": "agents.digest:DIGEST_STAGE",
     "route": "agents.route:ROUTE",
     "deliver": "agents.deliver:DELIVER_STAGE",
     "track": "agents.track:TRACK",

@@ -790,7 +790,7 @@ PLAIN = Sandbox(html=False)
 HTML = Sandbox(html=True)
 
 
-def render_bounded(template: Template, variables: dict[str, str], limits: Limits) -> str:
+def render_bounded(template: Template, variables: dict[str, Any], limits: Limits) -> str:
     BUDGET.built = 0  # the time limit is the notification's, the others each part's
     # Template.render(variables), without its copy of the variables (new_context makes one) and
     # without the traceback rewriting for debuggers. Joining cannot allocate without bound (see

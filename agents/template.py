@@ -25,7 +25,7 @@ from jinja2 import Template, nodes
 from agents.caps import cap_problems
 from agents.sandbox import BUDGET, DEFAULT_LIMITS, HTML, PLAIN, Limits, TemplateLimit, render_bounded
 from streams.stage import Context, Incoming, Outputs, StageSpec, user_key
-from streams.topics import EVENTS, REJECTED, RENDERED, VALIDATED
+from streams.topics import DIGEST, EVENTS, REJECTED, RENDERED, VALIDATED
 
 FIELDS = ("subject", "text", "html")
 
@@ -54,7 +54,7 @@ def compiled(source: str, html: bool) -> Template:
     return template
 
 
-def render_part(source: str | None, variables: dict[str, str], html: bool = False,
+def render_part(source: str | None, variables: dict[str, Any], html: bool = False,
                 limits: Limits = DEFAULT_LIMITS) -> str | None:
     """One part alone, within `limits`."""
     if source is None:
@@ -75,7 +75,7 @@ def failure(where: str, exc: BaseException) -> RenderError:
     return RenderError(f"{where}: {type(exc).__name__}: {exc}")
 
 
-def render(template: dict[str, Any], channels: list[str], variables: dict[str, str],
+def render(template: dict[str, Any], channels: list[str], variables: dict[str, Any],
            limits: Limits = DEFAULT_LIMITS) -> list[dict[str, Any]]:
     """RenderedContent for each channel; raises RenderError (RenderLimit for a bound) naming the
     channel, the part and the cause. The time limit covers all the channels' parts; compiling a
@@ -122,14 +122,26 @@ def unsafe_html(source: str) -> str | None:
     return None
 
 
+def digest_problems(template: Mapping[str, Any]) -> list[str]:
+    """Why a template's digest could not work: a window or size under 1, a key it does not declare."""
+    digest = template.get("digest")
+    if digest is None:
+        return []
+    problems = [f"{field} is {digest[field]}; at least 1" for field in ("window_s", "max_items") if digest[field] < 1]
+    if digest["key"] is not None and digest["key"] not in template["variables"]:
+        problems.append(f"key '{digest['key']}' is not one of the template's variables "
+                        f"({', '.join(template['variables']) or 'none'})")
+    return problems
+
+
 def template_problems(template: Mapping[str, Any], allow_unsafe_html: bool = False) -> list[str]:
     """Why a TemplateUpserted must not be published (`herald templates put`): a part that does not
-    compile (with the stage's own `compiled`), an HTML part that prints text unescaped, or a
-    frequency cap under 1 (agents/caps.py)."""
+    compile (with the stage's own `compiled`), an HTML part that prints text unescaped, a frequency
+    cap under 1 (agents/caps.py), or a digest that could not work."""
     if template.get("deleted"):
         return []
     name = f"template '{template['template_id']}' v{template['version']} ({template.get('locale', 'en')})"
-    problems = cap_problems(template)
+    problems = cap_problems(template) + [f"{name}, digest: {message}" for message in digest_problems(template)]
     for part in template["parts"]:
         for field in FIELDS:
             source = part.get(field)
@@ -155,6 +167,12 @@ def rendered_channels(notification: dict[str, Any]) -> list[str]:
     return [*channels, fallback] if fallback is not None and fallback not in channels else channels
 
 
+def variables_of(notification: dict[str, Any]) -> dict[str, Any]:
+    """What a notification's template sees: its variables and, on a digest, `items` and `count`."""
+    items = notification["digest_items"]
+    return {**notification["variables"], "items": items, "count": len(items)} if items else notification["variables"]
+
+
 def render_all(batch: list[Incoming], context: Context) -> Outputs:
     assert context.templates is not None and context.preferences is not None
     out = context.outputs()
@@ -166,8 +184,11 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
         if found is None:  # deleted between validate and now
             out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")
             continue
+        if found["digest"] is not None and not notification["digest_items"]:
+            out.send(DIGEST, user_key(notification).encode(), notification)
+            continue
         try:
-            notification["rendered"] = render(found, rendered_channels(notification), notification["variables"], limits)
+            notification["rendered"] = render(found, rendered_channels(notification), variables_of(notification), limits)
         except RenderLimit as exc:
             out.reject(notification, "template_limit", str(exc))
             continue
@@ -184,7 +205,7 @@ TEMPLATE = StageSpec(
     name="template",
     doc=__doc__ or "",
     inputs=(VALIDATED,),
-    outputs=(RENDERED, REJECTED, EVENTS),
+    outputs=(RENDERED, DIGEST, REJECTED, EVENTS),
     handle=render_all,
     tables=("templates", "preferences"),
 )

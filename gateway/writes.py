@@ -15,15 +15,14 @@ from pydantic import BaseModel, ValidationError
 
 from agents.caps import valid as valid_cap
 from agents.quiet_hours import BAD_ZONE, parse_hhmm
-from agents.template import template_problems
+from agents.template import digest_problems, template_problems
 from gateway.errors import field_errors, problem
 from schemas.models import OptOut, PreferencesUpdated, TemplateUpserted
 from streams.tables import preference_key, template_key, valid_tenant
 
 # Fields a stage does not act on yet, per model: refused when set to anything but their default.
-NOT_HONOURED: dict[type[BaseModel], tuple[str, ...]] = {
-    TemplateUpserted: ("digest",),
-}
+# None left since digests are honoured (agents/digest.py); the next unhonoured field goes here.
+NOT_HONOURED: dict[type[BaseModel], tuple[str, ...]] = {}
 
 
 class Refused(ValueError):
@@ -80,12 +79,14 @@ def build_template(document: Mapping[str, Any], allow_unsafe_html: bool = False)
     every frequency cap is at least 1 (as route needs: agents/caps.py)."""
     template: TemplateUpserted = checked(TemplateUpserted, {"updated_at": datetime.now(UTC), **document})
     as_dict = template.model_dump()
-    # The stage's own checks, one part at a time so that each problem names its part; caps apart.
+    # The stage's own checks, one part at a time so that each problem names its part; caps and digest apart.
     problems = [problem(f"parts.{index}", message)
                 for index, part in enumerate(as_dict["parts"])
-                for message in template_problems(as_dict | {"parts": [part], "frequency_caps": []}, allow_unsafe_html)]
+                for message in template_problems(as_dict | {"parts": [part], "frequency_caps": [], "digest": None},
+                                                 allow_unsafe_html)]
     problems += [problem(f"frequency_caps.{index}", "limit and period_s must be at least 1")
                  for index, cap in enumerate(as_dict["frequency_caps"]) if not valid_cap(cap)]
+    problems += [problem("digest", message) for message in digest_problems(as_dict)]
     if problems:
         raise Refused(problems)
     return template

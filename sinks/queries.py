@@ -60,10 +60,18 @@ WHERE notification_id IN %(ids)s
 GROUP BY notification_id, channel
 """
 
+# The digests that notifications were gathered into: their `digested` events name them ("digest <id>").
+DIGESTS = """
+SELECT DISTINCT replaceOne(detail, 'digest ', '')
+FROM notification_events FINAL
+WHERE notification_id IN %(ids)s AND status = 'digested'
+"""
+
 # Where a notification's story ends on a channel: sent (or what a provider reports later), given up
-# on, or never attempted. `rejected` and `dead_lettered` also end it before any channel.
+# on, or never attempted. `rejected`, `dead_lettered` and `digested` (its digest goes on, with a
+# story of its own) also end it before any channel.
 FINAL_STATUSES = frozenset({"rejected", "suppressed", "sent", "delivered", "failed", "dead_lettered", "expired",
-                            "opened", "clicked", "read"})
+                            "opened", "clicked", "read", "digested"})
 
 # Deliveries waiting for their send_at: a `scheduled` event on a channel and no final status there yet.
 # The caller leaves out what was cancelled (deliver records those only once they are due).
@@ -121,6 +129,11 @@ def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]
     for nid, channel, reached in client.execute(STATUSES, {"ids": tuple(ids)}):
         found.setdefault(nid, {})[channel] = set(reached)
     return found
+
+
+def digests(client: Client, ids: Sequence[str]) -> list[str]:
+    """The ids of the digests that notifications of `ids` were gathered into."""
+    return [digest for (digest,) in client.execute(DIGESTS, {"ids": tuple(ids)})]
 
 
 def settled(by_channel: dict[str, set[str]]) -> bool:

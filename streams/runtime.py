@@ -20,6 +20,7 @@ next batch is taken.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -90,7 +91,12 @@ class StageRuntime:
                 self.app.timer(interval=60.0)(self.purge_state)
             if self.context.user_state:
                 self.app.on_partitions_revoked.connect(self.forget_user_state)
+        # A tick and a batch must not change the same user's state at once: each reads it, and the
+        # one whose write is applied last would undo the other's. A stage with a tick takes them in
+        # turn; the others (deliver's many agents) keep running side by side.
+        self.tick_lock: asyncio.Lock | contextlib.nullcontext = contextlib.nullcontext()
         if spec.tick is not None:
+            self.tick_lock = asyncio.Lock()
             self.app.timer(interval=getattr(settings, spec.tick_setting))(self.run_tick)
 
     @property
@@ -137,8 +143,9 @@ class StageRuntime:
                       else self.settings.stage_batch_within_s)
             async for events in stream.noack_take(self.settings.stage_batch_max, within=within):
                 try:
-                    await self.load_user_state(events)
-                    await self.process(source, events)
+                    async with self.tick_lock:
+                        await self.load_user_state(events)
+                        await self.process(source, events)
                 except Exception as exc:
                     # Unacked, the batch would stall its partitions' commits for good: the worker
                     # exits instead, and its restart reads the batch again.
@@ -206,14 +213,21 @@ class StageRuntime:
         assert self.spec.tick is not None
         if not all(table.ready.is_set() for table in self.tables):
             return
-        result = self.spec.tick(self.context)
-        out = await result if inspect.isawaitable(result) else result
-        try:
-            await self.emit(out, f"tick~{uuid.uuid4().hex}")
-        except Exception as exc:
-            log.exception("%s: giving up on a tick's outputs", self.spec.name)
-            await self.app.crash(exc)
-            raise
+        async with self.tick_lock:
+            # The state of every input partition held, not only of those a batch came from since:
+            # after a restart, a window that gets no new record must still close.
+            inputs = {source.name for source in self.spec.inputs}
+            partitions = {tp.partition for tp in self.assignment() if tp.topic in inputs}
+            for table in self.context.user_state.values():
+                await table.load(partitions)
+            result = self.spec.tick(self.context)
+            out = await result if inspect.isawaitable(result) else result
+            try:
+                await self.emit(out, f"tick~{uuid.uuid4().hex}")
+            except Exception as exc:
+                log.exception("%s: giving up on a tick's outputs", self.spec.name)
+                await self.app.crash(exc)
+                raise
 
     async def decode_batch(self, source: TopicSpec, events: list[faust.EventT]) -> tuple[Outputs, list[Incoming]]:
         """Decode the batch; while the schema registry is unreachable, wait: the records may be fine."""

@@ -225,6 +225,11 @@ class Settings(BaseSettings):
     retry_hold_s: float = 2.0
     delivery_max_attempts: int = 5
     delivered_ttl_s: int = 7 * 24 * 3600
+    # Digests (agents/digest.py): how often the digest stage looks for windows whose time is up (a
+    # digest goes out at most this late), and how long it remembers the notifications of a sent
+    # digest, so one read again after a crash (its offset not yet committed) is not sent twice.
+    digest_tick_s: float = 1.0
+    digest_sent_memory_s: float = 600.0
 
     # HTTP gateway.
     gateway_host: str = "127.0.0.1"

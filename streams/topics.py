@@ -46,13 +46,21 @@ REQUESTS = TopicSpec("herald.requests", ("NotificationRequest", "NotificationBat
                      "business services and the gateway produce; ingest consumes")
 ACCEPTED = TopicSpec("herald.accepted", ("Notification",), "ingest produces; validate consumes", bundled=True,
                    key_ordered=False)
-VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate produces; template consumes", bundled=True,
+VALIDATED = TopicSpec("herald.validated", ("Notification",), "validate and digest produce; template consumes", bundled=True,
                    key_ordered=False)
 # Keyed by user (`<tenant>/<user_id>`): route keeps per-user state (frequency caps) by partition.
 RENDERED = TopicSpec("herald.rendered", ("Notification",), "template produces; route consumes", bundled=True)
+# A user's notifications of a template that declares a digest, gathered by the digest stage until
+# the window closes: keyed '<tenant>/<user_id>' and key-ordered, so all of a user's reach one
+# partition (and the worker that holds that user's open windows).
+DIGEST = TopicSpec("herald.digest", ("Notification",),
+                   "template produces notifications of a digest template; digest gathers them", bundled=True)
 SCHEDULED = TopicSpec("herald.scheduled", ("DeliveryTask",),
                       "route produces deliveries with a send_at ahead (due_at); deliver sends them on when due",
                       bundled=True)
+DIGEST_USERS = TopicSpec("herald.state.digest.users", (),
+                         "digest writes and reads back: each user's open digest windows (JSON, per-user state)",
+                         compacted=True)
 CANCELLATIONS = TopicSpec("herald.cancellations", ("NotificationCancelled",),
                           "the gateway and `herald cancel` produce; deliver's cancellation table folds it", compacted=True)
 # Kept `receipts_retention_ms` (a day): a receipt matters only until a fallback's wait is over.
@@ -105,8 +113,8 @@ RETRY = tuple(
 )
 
 CATALOG: tuple[TopicSpec, ...] = (
-    REQUESTS, ACCEPTED, VALIDATED, RENDERED, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS, TEMPLATES, PREFERENCES,
-    CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS,
+    REQUESTS, ACCEPTED, VALIDATED, RENDERED, DIGEST, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS,
+    TEMPLATES, PREFERENCES, CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS, DIGEST_USERS,
 )
 
 

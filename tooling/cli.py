@@ -333,6 +333,14 @@ def wait_settled(ids: list[str], timeout: float, quiet: float = 10) -> list[str]
         time.sleep(0.5)
 
 
+def digest_ids(ids: list[str]) -> list[str]:
+    """The digests that notifications of `ids` were gathered into."""
+    from sinks.clickhouse_client import connect
+    from sinks.queries import digests
+
+    return digests(connect(get_settings()), ids)
+
+
 def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     """Where the demo's notifications landed: each provider's local peer, the mailbox and the inbox."""
     from gateway.inbox import mint_token
@@ -501,10 +509,11 @@ def web_push_subscription(
 
 @app.command()
 def demo(
-    batch: Annotated[Path, typer.Argument(exists=True, help="JSON NotificationBatch to send.")],
-    wait: Annotated[float, typer.Option(help="Seconds to wait at most for the batch's events in ClickHouse.")] = 60,
+    batches: Annotated[list[Path], typer.Argument(exists=True, help="JSON NotificationBatch files to send.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait at most for the batches' events in ClickHouse.")] = 60,
 ) -> None:
-    """Send a batch through the gateway, wait for it to play out, and show where everything is."""
+    """Send batches through the gateway, wait for them to play out (and for the digests they make),
+    and show where everything is."""
     import time
 
     import httpx
@@ -512,13 +521,23 @@ def demo(
     settings = get_settings()
     gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
     time.sleep(2)  # the stages fold the templates and preferences just published
-    response = httpx.post(f"{gateway_url}/v1/notifications/batch", content=batch.read_bytes(),
-                          headers={"X-API-Key": settings.api_key, "Content-Type": "application/json"}, timeout=10)
-    response.raise_for_status()
-    ids = response.json()["notification_ids"]
-    console.print(f"[green]✓[/] batch accepted: {len(ids)} notifications")
-    with console.status(f"waiting (up to {wait:.0f} s) for the batch's lifecycle events in ClickHouse…"):
+    ids = []
+    for batch in batches:
+        response = httpx.post(f"{gateway_url}/v1/notifications/batch", content=batch.read_bytes(),
+                              headers={"X-API-Key": settings.api_key, "Content-Type": "application/json"}, timeout=10)
+        response.raise_for_status()
+        accepted = response.json()["notification_ids"]
+        console.print(f"[green]✓[/] batch {batch.name} accepted: {len(accepted)} notifications")
+        ids += accepted
+    with console.status(f"waiting (up to {wait:.0f} s) for the batches' lifecycle events in ClickHouse…"):
         pending = wait_settled(ids, wait)
+        gathered = digest_ids(ids)
+    if gathered:
+        with console.status(f"waiting (up to {wait:.0f} s) for {len(gathered)} digest(s) to close and go out…"):
+            pending += wait_settled(gathered, wait)
+        console.print(f"[green]✓[/] notifications gathered into {len(gathered)} digest(s)")
+        print(f"digest      herald status {gathered[0]}")  # plain: a command to copy, never wrapped
+        ids += gathered
     if pending:
         console.print(f"[yellow]![/] {len(pending)} of {len(ids)} notifications not at a final status yet "
                       f"(e.g. herald status {pending[0]}); the report shows what arrived")
@@ -532,8 +551,9 @@ def demo(
 def state_size(
     users: Annotated[int, typer.Option(help="How many users to fill the tables with.")] = 100_000,
 ) -> None:
-    """Memory per user of route's per-user state (frequency caps) and of the preference table."""
-    from tooling.state_size import preference_bytes, route_state_bytes
+    """Memory per user of route's and digest's per-user state (frequency caps, open digest windows) and
+    of the preference table."""
+    from tooling.state_size import digest_state_bytes, preference_bytes, route_state_bytes
 
     settings = get_settings()
     memory, changelog = route_state_bytes(settings, users)
@@ -541,6 +561,10 @@ def state_size(
     console.print(f"{users:,} users, route's cap state (3 sends on 2 channels each): {memory / 2**20:.0f} MB in memory "
                   f"({memory / users:.0f} B a user), {changelog / 2**20:.0f} MB of changelog values; "
                   f"held by the worker of each user's partition only")
+    windows, window_changelog = digest_state_bytes(settings, users)
+    console.print(f"{users:,} users, digest's open windows (one of 10 comments each): {windows / 2**20:.0f} MB in memory "
+                  f"({windows / users:.0f} B a user), {window_changelog / 2**20:.0f} MB of changelog values; held "
+                  f"by the worker of each user's partition only, and only while a window is open")
     console.print(f"{users:,} users' preferences (folded whole by route and the gateway): {preferences / 2**20:.0f} MB "
                   f"({preferences / users:.0f} B a user)")
 

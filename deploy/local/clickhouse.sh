@@ -20,29 +20,12 @@ CONFIG="$CH_DIR/config.xml"
 PID_FILE="$CH_DIR/clickhouse.pid"
 PID_PATTERN="clickhouse-server"
 
-# Fresh CI machines lack the package. A temporary policy-rc.d stops the
-# package's postinst from starting the system service, which would grab
-# ports 9000/8123 with /etc/clickhouse-server's config.
+# Fresh CI machines lack the package.
 install() {
   if command -v clickhouse-server >/dev/null && command -v clickhouse-client >/dev/null; then
     return 0
   fi
-  local sudo=""
-  ((EUID == 0)) || sudo=sudo
-  log "installing clickhouse-server and clickhouse-client with apt-get"
-  local policy=/usr/sbin/policy-rc.d added_policy=""
-  if [[ ! -e $policy ]]; then
-    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
-    $sudo chmod +x "$policy"
-    added_policy=1
-  fi
-  local rc=0
-  {
-    $sudo apt-get update &&
-      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y clickhouse-server clickhouse-client
-  } || rc=$?
-  [[ -z $added_policy ]] || $sudo rm -f "$policy"
-  ((rc == 0)) || die "apt-get install failed (rc $rc)"
+  apt_install clickhouse-server clickhouse-client
 }
 
 # Regenerated on every start so port overrides and template edits take effect.

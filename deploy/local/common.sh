@@ -87,6 +87,27 @@ spawn() {
   echo $! >"$pidfile"
 }
 
+# apt-get install "$@" (as root, or via sudo). A temporary policy-rc.d stops a package's postinst
+# from starting its system service, which would grab the ports with the system's config.
+apt_install() {
+  local sudo=""
+  ((EUID == 0)) || sudo=sudo
+  log "installing $* with apt-get"
+  local policy=/usr/sbin/policy-rc.d added_policy=""
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null
+    $sudo chmod +x "$policy"
+    added_policy=1
+  fi
+  local rc=0
+  {
+    $sudo apt-get update &&
+      $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+  } || rc=$?
+  [[ -z $added_policy ]] || $sudo rm -f "$policy"
+  ((rc == 0)) || die "apt-get install $* failed (rc $rc)"
+}
+
 # Serialise start/stop of one service (e.g. parallel test workers all calling
 # start): the lock is held on fd 9 until the script exits.
 take_lock() {

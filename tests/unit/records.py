@@ -63,7 +63,7 @@ def notification(**overrides: Any) -> dict[str, Any]:
     return {
         "notification_id": NOTIFICATION_ID, "tenant": "acme", "batch_id": None, "idempotency_key": None,
         "template_id": "welcome", "template_version": 3, "recipient": recipient(email="alice@example.com"),
-        "variables": {"name": "Alice"}, "channels": ["email"], "category": "transactional",
+        "variables": {"name": "Alice"}, "digest_items": [], "channels": ["email"], "category": "transactional",
         "priority": "normal", "send_at": None, "expires_at": None, "fallback_channel": None, "requested_at": REQUESTED_AT,
         "received_at": RECEIVED_AT, "metadata": {"source": "unit"}, "rendered": [content()],
     } | overrides
@@ -79,7 +79,7 @@ def template(template_id: str = "welcome", version: int = 1, locale: str = "en",
     """A TemplateUpserted."""
     return {
         "template_id": template_id, "tenant": "default", "version": version, "locale": locale, "parts": [part("email")],
-        "variables": ["name"], "category": "transactional", "deleted": False, "updated_at": UPDATED_AT,
+        "variables": ["name"], "category": "transactional", "digest": None, "deleted": False, "updated_at": UPDATED_AT,
     } | overrides
 
 

@@ -103,7 +103,7 @@ async def test_a_template_is_published_with_the_callers_tenant(stack: tuple[Stac
 @pytest.mark.parametrize(("body", "field"), [
     ({"parts": [records.part("email", text="{% if %}")]}, "parts.0"),
     ({"parts": [records.part("email", html="{{ name|safe }}")]}, "parts.0"),
-    ({"parts": [records.part("email")], "digest": {"window_s": 10}}, "digest"),
+    ({"parts": [records.part("email")], "digest": {"window_s": 0}}, "digest"),
     ({"parts": [records.part("email")], "frequency_caps": [{"limit": 0, "period_s": 3600}]}, "frequency_caps.0"),
     ({"parts": [records.part("email")], "locale": "en/x"}, "locale"),
     ({"parts": [records.part("fax")]}, "parts.0.channel"),
@@ -288,9 +288,9 @@ def test_the_cli_refuses_what_the_api_refuses(tmp_path: Any, monkeypatch: pytest
     published: list[Any] = []
     monkeypatch.setattr(producer, "publish", lambda spec, entries: published.extend(entries))
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps([{k: v for k, v in records.template(digest={"window_s": 10}).items() if k != "updated_at"}]))
+    bad.write_text(json.dumps([{k: v for k, v in records.template(digest={"window_s": 0}).items() if k != "updated_at"}]))
     result = CliRunner().invoke(cli.app, ["templates", "put", str(bad)])
-    assert result.exit_code == 1 and "digest: not honoured yet" in result.output
+    assert result.exit_code == 1 and "digest: window_s is 0; at least 1" in result.output
     good = tmp_path / "good.json"
     good.write_text(json.dumps({k: v for k, v in records.template().items() if k != "updated_at"}))
     assert CliRunner().invoke(cli.app, ["templates", "put", str(good)]).exit_code == 0

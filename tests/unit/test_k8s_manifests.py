@@ -1,49 +1,46 @@
-"""deploy/k8s: the kustomize base and overlays agree with the code, checked offline.
-
-CI has no cluster and no kustomize, so `build` below renders a kustomization itself: resources,
-generators, patches (strategic merge for maps, JSON 6902), namespace, replicas and images — the
-parts these manifests use, and stricter than kustomize in one way: a patch that matches nothing
-fails. Where a `kustomize` or `kubectl` binary is on PATH, `test_renderer_agrees_with_kustomize`
-checks that the real tool renders exactly the same objects.
+"""deploy/k8s: the kustomize base and overlays, rendered by the real kustomize (`kubectl kustomize`),
+validated against Kubernetes' own schemas (kubernetes-validate) and checked against the code.
 
 Every expectation comes from the code: the stages (agents.registry.STAGES), their consumer groups
 and input topics (the stage modules' Faust apps, sinks.event_sink), the topic catalog and its
-config (streams.topics), and the settings (streams.settings.Settings).
+config (streams.topics), and the settings (streams.settings.Settings). Applying the overlays to a
+real API server, with the operators' CRDs, is tests/integration/test_k8s.py (`make k8s-check`).
 """
 
 import base64
-import copy
-import importlib
 import json
 import re
-import shutil
-import subprocess
 import typing
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import pytest
 import yaml
 
-from sinks.event_sink import PROJECTIONS, EventSink
+from tests import k8s
 from tooling.local import worker_groups
-from streams.settings import REPO_ROOT, Settings
+from streams.settings import Settings
 from streams.topics import CATALOG, topic_config
 from agents.registry import STAGES
 
-K8S = REPO_ROOT / "deploy" / "k8s"
-BASE = K8S / "base"
-VARIANTS = {"base": BASE, "local": K8S / "overlays" / "local", "production": K8S / "overlays" / "production"}
+K8S = k8s.K8S
+VARIANTS = {name: K8S / path for name, path in k8s.VARIANTS.items()}
 IMAGE = "ghcr.io/herald/herald"
-CLUSTER_SCOPED = {"Namespace"}
+CLUSTER_SCOPED = {"Namespace", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
 WORKLOADS = {"Deployment", "Job"}
+# The version deploy/local/k8s.sh builds: the schemas the renderings are validated against.
+KUBERNETES_VERSION = "1.32.0"
+# The operators' kinds: kubernetes-validate has no schema for them; the API server checks them
+# against the operators' CRDs in tests/integration/test_k8s.py.
+CUSTOM_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "ScaledObject", "ClickHouseInstallation"}
 
 Obj = dict[str, Any]
 
 
-# ---------------------------------------------------------------- a small kustomize ---------------
+# ---------------------------------------------------------------- the files and the renderings ---
 
 def load_all(path: Path) -> list[Any]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
@@ -63,124 +60,6 @@ def env_file(path: Path) -> Path:
     return example
 
 
-def generate(directory: Path, kind: str, generator: Obj) -> Obj:
-    pairs: dict[str, str] = {}
-    for literal in generator.get("literals", []):
-        key, _, value = literal.partition("=")
-        pairs[key] = value
-    for name in generator.get("envs", []):
-        for line in env_file(directory / name).read_text().splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                key, _, value = line.partition("=")
-                pairs[key.strip()] = value
-    assert generator.get("options", {}).get("disableNameSuffixHash"), (
-        f"{generator['name']}: name suffix hashes are not rendered here (and custom resources name it)")
-    if kind == "Secret":
-        data = {k: base64.b64encode(v.encode()).decode() for k, v in pairs.items()}
-        return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": generator["name"]}, "type": "Opaque",
-                "data": data}
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": generator["name"]}, "data": pairs}
-
-
-def apply_generator(objects: list[Obj], directory: Path, kind: str, generator: Obj) -> None:
-    made = generate(directory, kind, generator)
-    behavior = generator.get("behavior", "create")
-    existing = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == made["metadata"]["name"]]
-    if behavior == "create":
-        assert not existing, f"{kind} {made['metadata']['name']} generated twice"
-        objects.append(made)
-        return
-    assert existing, f"{directory}: {behavior} of {kind} {made['metadata']['name']}, which the base does not make"
-    (old,) = existing
-    if behavior == "merge":
-        old["data"] = {**old.get("data", {}), **made["data"]}
-    else:
-        old["data"] = made["data"]
-
-
-def matches(obj: Obj, target: Obj) -> bool:
-    group, _, version = obj["apiVersion"].rpartition("/")
-    labels = obj["metadata"].get("labels", {})
-    selector = dict(pair.split("=", 1) for pair in target["labelSelector"].split(",")) if "labelSelector" in target else {}
-    return (
-        target.get("kind", obj["kind"]) == obj["kind"]
-        and target.get("group", group) == group
-        and target.get("version", version) == version
-        and re.fullmatch(target.get("name", ".*"), obj["metadata"]["name"]) is not None
-        and all(labels.get(k) == v for k, v in selector.items())
-    )
-
-
-def merge(base: Any, patch: Any) -> Any:
-    """A merge patch: maps merge key by key, null deletes, anything else (lists too) replaces."""
-    if isinstance(patch, dict) and isinstance(base, dict):
-        merged = dict(base)
-        for key, value in patch.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = merge(base[key], value) if key in base else copy.deepcopy(value)
-        return merged
-    return copy.deepcopy(patch)
-
-
-def has_list(node: Any) -> bool:
-    return isinstance(node, list) or (isinstance(node, dict) and any(has_list(v) for v in node.values()))
-
-
-def pointer(path: str) -> list[str]:
-    assert path.startswith("/"), path
-    return [part.replace("~1", "/").replace("~0", "~") for part in path[1:].split("/")]
-
-
-def json_patch(obj: Obj, operations: list[Obj], where: str) -> None:
-    for op in operations:
-        *parents, last = pointer(op["path"])
-        node: Any = obj
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            index = len(node) if last == "-" else int(last)
-            assert op["op"] == "add" or index < len(node), f"{where}: {op['path']} is not in {obj['metadata']['name']}"
-            if op["op"] == "add":
-                node.insert(index, copy.deepcopy(op["value"]))
-            elif op["op"] == "replace":
-                node[index] = copy.deepcopy(op["value"])
-            else:
-                assert op["op"] == "remove", op
-                del node[index]
-        else:
-            assert op["op"] == "add" or last in node, f"{where}: {op['path']} is not in {obj['metadata']['name']}"
-            if op["op"] in ("add", "replace"):
-                node[last] = copy.deepcopy(op["value"])
-            else:
-                assert op["op"] == "remove", op
-                del node[last]
-
-
-def apply_patch(objects: list[Obj], directory: Path, entry: Obj) -> None:
-    where = f"{directory.parent.name}/{directory.name}: {entry.get('path', 'inline patch')}"
-    documents = load_all(directory / entry["path"]) if "path" in entry else list(yaml.safe_load_all(entry["patch"]))
-    if documents and isinstance(documents[0], list):  # JSON 6902
-        (operations,) = documents
-        assert "target" in entry, f"{where}: a JSON 6902 patch needs a target"
-        targets = [o for o in objects if matches(o, entry["target"])]
-        assert targets, f"{where}: the target {entry['target']} matches nothing"
-        for obj in targets:
-            json_patch(obj, operations, where)
-        return
-    for patch in documents:
-        # Custom resources take a merge patch (lists replaced); built-in kinds a strategic merge,
-        # which merges some lists by key. This renderer does maps only there: say so, not guess.
-        builtin = "." not in patch["apiVersion"].rpartition("/")[0]
-        assert not (builtin and has_list(patch)), f"{where}: use a JSON 6902 patch for lists of built-in kinds"
-        target = entry.get("target") or {"kind": patch["kind"], "name": re.escape(patch["metadata"]["name"])}
-        indexes = [i for i, o in enumerate(objects) if matches(o, target)]
-        assert indexes, f"{where}: {patch['kind']} {patch['metadata']['name']} is not in the resources"
-        for i in indexes:
-            objects[i] = merge(objects[i], patch)
-
-
 def containers(node: Any) -> Iterator[Obj]:
     """Every container anywhere in an object (kustomize's image transformer looks everywhere too)."""
     if isinstance(node, dict):
@@ -194,50 +73,12 @@ def containers(node: Any) -> Iterator[Obj]:
             yield from containers(item)
 
 
-def set_image(container: Obj, images: list[Obj]) -> None:
-    name, tag = re.fullmatch(r"(.+?)(?::([^:/]+))?", container["image"]).groups()
-    for image in images:
-        if image["name"] == name:
-            new_tag = image.get("newTag", tag)
-            container["image"] = image.get("newName", name) + (f":{new_tag}" if new_tag else "")
-
-
-@cache
-def build_cached(directory: Path) -> tuple[str, ...]:
-    return tuple(yaml.safe_dump(o) for o in _build(directory))
-
-
-def build(directory: Path) -> list[Obj]:
-    """What `kustomize build directory` prints, as a list of objects (fresh copies)."""
-    return [yaml.safe_load(text) for text in build_cached(directory)]
-
-
-def _build(directory: Path) -> list[Obj]:
-    k = kustomization(directory)
-    objects: list[Obj] = []
-    for entry in k.get("resources", []):
-        path = directory / entry
-        objects += build(path.resolve()) if path.is_dir() else load_all(path)
-    for generator in k.get("configMapGenerator", []):
-        apply_generator(objects, directory, "ConfigMap", generator)
-    for generator in k.get("secretGenerator", []):
-        apply_generator(objects, directory, "Secret", generator)
-    for entry in k.get("patches", []):
-        apply_patch(objects, directory, entry)
-    if "namespace" in k:
-        for obj in objects:
-            if obj["kind"] not in CLUSTER_SCOPED:
-                obj["metadata"]["namespace"] = k["namespace"]
-    for replicas in k.get("replicas", []):
-        targets = [o for o in objects if o["kind"] in ("Deployment", "StatefulSet")
-                   and o["metadata"]["name"] == replicas["name"]]
-        assert targets, f"{directory}: replicas for {replicas['name']}, which is not in the resources"
-        for obj in targets:
-            obj["spec"]["replicas"] = replicas["count"]
-    for obj in objects:
-        for container in containers(obj):
-            set_image(container, k.get("images", []))
-    return objects
+@pytest.fixture(scope="module")
+def renderings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Obj]]:
+    """`kubectl kustomize` of each variant, production with its secrets.env filled in."""
+    kubectl = k8s.kubectl()
+    tree = k8s.manifests(tmp_path_factory.mktemp("render"), k8s.filled_secrets())
+    return {name: k8s.render(kubectl, tree / path) for name, path in k8s.VARIANTS.items()}
 
 
 # ---------------------------------------------------------------- helpers over a rendering -------
@@ -332,8 +173,8 @@ def stage_inputs(stage: str) -> tuple[str, frozenset[str]]:
 
 
 @pytest.fixture(params=list(VARIANTS))
-def rendered(request: pytest.FixtureRequest) -> list[Obj]:
-    return build(VARIANTS[request.param])
+def rendered(request: pytest.FixtureRequest, renderings: dict[str, list[Obj]]) -> list[Obj]:
+    return renderings[request.param]
 
 
 # ---------------------------------------------------------------- the files ----------------------
@@ -385,7 +226,44 @@ def test_secret_files_stay_out_of_git() -> None:
                 assert (directory / f"{name}.example").exists()
 
 
+def test_production_does_not_render_without_its_secrets_file(tmp_path: Path) -> None:
+    output = k8s.kustomize(k8s.kubectl(), k8s.manifests(tmp_path, secrets=None) / k8s.VARIANTS["production"])
+    assert output.returncode != 0, "production rendered without secrets.env: it would ship placeholders"
+    assert "secrets.env" in output.stderr
+
+
+def test_the_api_server_refuses_production_secrets_left_empty(renderings: dict[str, list[Obj]]) -> None:
+    """The refusal itself runs in tests/integration/test_k8s.py; here: it covers the example's keys."""
+    policy = one(renderings["production"], "ValidatingAdmissionPolicy")
+    (binding,) = [b for b in of_kind(renderings["production"], "ValidatingAdmissionPolicyBinding")
+                  if b["spec"]["policyName"] == policy["metadata"]["name"]]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": one(renderings["production"], "Namespace")["metadata"]["name"]}
+    required = re.findall(r"'(HERALD_[A-Z_]+)'", policy["spec"]["validations"][0]["expression"])
+    example = (K8S / f"{k8s.SECRETS}.example").read_text()
+    assert {"HERALD_API_KEY", "HERALD_CLICKHOUSE_PASSWORD"} <= set(required)
+    for key in required:
+        assert re.search(rf"^{key}=$", example, re.M), f"{key} is required but not in secrets.env.example"
+    assert one(renderings["local"], "Secret", "herald-secrets")  # local keeps the base's placeholders
+    assert not of_kind(renderings["local"], "ValidatingAdmissionPolicy")
+
+
 # ---------------------------------------------------------------- every rendering ----------------
+
+def test_every_object_validates_against_the_kubernetes_schemas(rendered: list[Obj]) -> None:
+    validated = 0
+    for obj in rendered:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']}: {error.message} at {list(error.path)}")
+        validated += 1
+    assert validated >= 2 * len(STAGES)  # at least a Deployment and a PDB per stage
+
+
 
 def test_everything_is_in_the_herald_namespace(rendered: list[Obj]) -> None:
     (namespace,) = of_kind(rendered, "Namespace")
@@ -575,8 +453,8 @@ def test_a_job_migrates_clickhouse_and_nothing_creates_topics(rendered: list[Obj
 
 # ---------------------------------------------------------------- the overlays -------------------
 
-def test_local_runs_one_of_everything_with_a_mailbox() -> None:
-    objects = build(VARIANTS["local"])
+def test_local_runs_one_of_everything_with_a_mailbox(renderings: dict[str, list[Obj]]) -> None:
+    objects = renderings["local"]
     for scaled in of_kind(objects, "ScaledObject"):
         assert scaled["spec"]["maxReplicaCount"] == 1, scaled["metadata"]["name"]
     for deployment in of_kind(objects, "Deployment"):
@@ -587,8 +465,8 @@ def test_local_runs_one_of_everything_with_a_mailbox() -> None:
     assert settings.smtp_port in {p["port"] for p in mailbox["spec"]["ports"]}
 
 
-def test_production_is_replicated_and_bigger() -> None:
-    production, base = build(VARIANTS["production"]), build(VARIANTS["base"])
+def test_production_is_replicated_and_bigger(renderings: dict[str, list[Obj]]) -> None:
+    production, base = renderings["production"], renderings["base"]
     assert settings_of(production).topic_replication == 3
     assert all(t["spec"]["replicas"] == 3 for t in of_kind(production, "KafkaTopic"))
     assert one(production, "Deployment", "herald-gateway")["spec"]["replicas"] > \
@@ -604,39 +482,6 @@ def test_production_is_replicated_and_bigger() -> None:
                 assert quantity(value) >= quantity(smaller), f"{workload['metadata']['name']}: {bound}.{resource}"
     for _, container in herald_containers(production):
         assert container["image"].startswith(IMAGE + ":") and not container["image"].endswith(":latest")
-
-
-# ---------------------------------------------------------------- against the real tool ----------
-
-def kustomize_command() -> list[str] | None:
-    if shutil.which("kustomize"):
-        return ["kustomize", "build"]
-    if shutil.which("kubectl"):
-        return ["kubectl", "kustomize"]
-    return None
-
-
-def by_identity(objects: list[Obj]) -> dict[tuple[str, str, str], Obj]:
-    indexed = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
-    assert len(indexed) == len(objects), "two objects with the same kind, namespace and name"
-    return indexed
-
-
-@pytest.mark.skipif(kustomize_command() is None, reason="no kustomize or kubectl on PATH")
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_renderer_agrees_with_kustomize(variant: str, tmp_path: Path) -> None:
-    tree = tmp_path / "k8s"
-    shutil.copytree(K8S, tree)
-    for example in tree.rglob("*.example"):  # git-ignored secret files, as an operator would fill them
-        shutil.copy(example, example.with_suffix(""))
-    directory = tree / VARIANTS[variant].relative_to(K8S)
-    output = subprocess.run([*kustomize_command(), str(directory)], capture_output=True, text=True, timeout=60)
-    assert output.returncode == 0, output.stderr
-    assert by_identity(load_all_text(output.stdout)) == by_identity(_build(directory))
-
-
-def load_all_text(text: str) -> list[Obj]:
-    return [doc for doc in yaml.safe_load_all(text) if doc is not None]
 
 
 def test_stage_workers_are_probed_on_their_health_endpoints(rendered: list[Obj]) -> None:

@@ -14,6 +14,11 @@ def test_rejected_before_any_channel_is_settled() -> None:
     assert settled({"": {"accepted", "rejected"}})
 
 
+def test_gathered_into_a_digest_is_settled() -> None:
+    """Its digest goes on as a notification of its own."""
+    assert settled({"": {"accepted", "digested"}})
+
+
 def test_given_up_is_settled() -> None:
     assert settled({"": {"accepted"}, "email": {"routed", "retried", "failed", "dead_lettered"}})
 

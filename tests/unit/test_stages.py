@@ -59,7 +59,7 @@ def poison(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_registry_lists_every_stage_in_flow_order() -> None:
-    assert list(STAGES) == ["ingest", "validate", "template", "route", "deliver", "track"]
+    assert list(STAGES) == ["ingest", "validate", "template", "digest", "route", "deliver", "track"]
     for spec in STAGES.values():
         assert spec.inputs and spec.doc
 
