@@ -81,7 +81,7 @@ async def deliver(batch: list[Incoming], context: Context) -> Outputs:
         if expired(record.value, now):
             expire(out, record.value, context.services[record.value["channel"]], now)
             continue
-        if context.cancellations is not None and record.value["notification_id"] in context.cancellations:
+        if context.cancellations is not None and context.cancellations.cancels(record.value):
             out.event(record.value, "suppressed", channel=record.value["channel"], error_code="cancelled",
                       detail="cancelled by the caller before it was sent")
             continue

@@ -26,11 +26,11 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from collections.abc import Container
 from datetime import datetime
 from typing import Any
 
 from streams.stage import Context, Incoming, Outputs, StageSpec, now_utc, user_key
+from streams.tables import CancellationTable
 from streams.topics import DIGEST, DIGEST_USERS, EVENTS, VALIDATED
 
 DIGEST_NS = uuid.UUID("2d9a4c71-3b8e-4f06-a5d2-9c1e7b3f6a48")
@@ -140,14 +140,14 @@ def gather(windows: Windows, notification: dict[str, Any], spec: dict[str, Any],
     return window["id"], closed
 
 
-def send_digests(out: Outputs, closed: list[dict[str, Any]], now: datetime, cancelled: Container[uuid.UUID]) -> None:
+def send_digests(out: Outputs, closed: list[dict[str, Any]], now: datetime, cancelled: CancellationTable) -> None:
     """Each closed window's digest, less the notifications cancelled since they were gathered (with a
     `suppressed` event each); none when every one of them was."""
     for window in closed:
         items = []
         for nid, variables in window["items"].items():
-            if uuid.UUID(nid) in cancelled:
-                gathered = {**window["first"], "notification_id": uuid.UUID(nid), "requested_at": None, "received_at": now}
+            gathered = {**window["first"], "notification_id": uuid.UUID(nid), "requested_at": None, "received_at": now}
+            if cancelled.cancels(gathered):  # a window is one user's, of one tenant: the first's
                 out.event(gathered, "suppressed", error_code="cancelled", detail=f"cancelled before digest {window['id']} went")
             else:
                 items.append(variables)
@@ -174,7 +174,7 @@ def gather_all(batch: list[Incoming], context: Context) -> Outputs:
         if spec is None:  # no digest any more (or no template): the template stage renders it alone
             out.send(VALIDATED, notification["notification_id"].bytes, notification)
             continue
-        if notification["notification_id"] in context.cancellations:
+        if context.cancellations.cancels(notification):
             out.event(notification, "suppressed", error_code="cancelled", detail="cancelled before it was gathered")
             continue
         user = user_key(notification)

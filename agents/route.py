@@ -165,10 +165,11 @@ def route_all(batch: list[Incoming], context: Context) -> Outputs:
     for record in batch:
         notification = record.value
         user_id = notification["recipient"]["user_id"]
-        preferences = context.preferences.get(user_id)
+        preferences = context.preferences.get(notification["tenant"], user_id)
         # The version template rendered; None when deleted since (then nothing is critical or capped).
         template = context.templates.for_notification(notification, preferences)
-        tasks, suppressed = route(notification, preferences, context.preferences.dead(user_id))
+        dead = context.preferences.dead(notification["tenant"], user_id)
+        tasks, suppressed = route(notification, preferences, dead)
         for s in suppressed:
             out.event(notification, "suppressed", channel=s.channel, error_code=s.reason_code, detail=s.detail)
         held = hold(notification, preferences, template, now)

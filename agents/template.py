@@ -179,7 +179,7 @@ def render_all(batch: list[Incoming], context: Context) -> Outputs:
     limits = Limits.of(context.settings)
     for record in batch:
         notification = record.value
-        preferences = context.preferences.get(notification["recipient"]["user_id"])
+        preferences = context.preferences.get(notification["tenant"], notification["recipient"]["user_id"])
         found = context.templates.for_notification(notification, preferences)
         if found is None:  # deleted between validate and now
             out.reject(notification, "unknown_template", f"no template '{notification['template_id']}'")

@@ -92,7 +92,7 @@ def validate(batch: list[Incoming], context: Context) -> Outputs:
     out = context.outputs()
     for record in batch:
         notification = record.value
-        preferences = context.preferences.get(notification["recipient"]["user_id"])
+        preferences = context.preferences.get(notification["tenant"], notification["recipient"]["user_id"])
         template = context.templates.for_notification(notification, preferences)
         result = check(notification, template, preferences)
         if isinstance(result, Problem):

@@ -166,9 +166,11 @@ def still_reading(spec_name: str) -> web.Response:
 
 def summaries(table: TemplateTable, tenant: str) -> list[TemplateSummary]:
     found = []
-    for template_id, locales in sorted(table.templates.items()):
+    for (owner, template_id), locales in sorted(table.templates.items()):
+        if owner != tenant:
+            continue
         for locale, versions in sorted(locales.items()):
-            mine = sorted(v for v, record in versions.items() if record["tenant"] == tenant)
+            mine = sorted(versions)
             if mine:
                 found.append(TemplateSummary(template_id=template_id, locale=locale, versions=mine,
                                              category=versions[mine[-1]]["category"]))
@@ -239,8 +241,8 @@ class Api:
         if table is None:
             return still_reading(TEMPLATES.name)
         path = inputs.path
-        found = table.find(path.template_id, inputs.query.locale, path.version)
-        if found is None or found["tenant"] != tenant_of(request):
+        found = table.find(tenant_of(request), path.template_id, inputs.query.locale, path.version)
+        if found is None:
             return not_found(f"no template '{path.template_id}' v{path.version}")
         return found
 
@@ -290,8 +292,7 @@ class Api:
         table = self.preferences.ready()
         if table is None:
             return still_reading(PREFERENCES.name)
-        found = table.get(user_id)
-        return found if found is not None and found["tenant"] == tenant_of(request) else None
+        return table.get(tenant_of(request), user_id)
 
     async def get_preferences(self, request: web.Request, inputs: Inputs) -> web.Response:
         found = self.folded_preferences(request, inputs.path.user_id)
@@ -324,8 +325,9 @@ class Api:
         cancellations = self.cancellations.ready()
         if cancellations is None:
             return still_reading(CANCELLATIONS.name)
-        cancelled = [str(notification_id) for notification_id in cancellations.cancelled]
-        rows = await self.gateway.query(scheduled, tenant_of(request), inputs.query.limit, cancelled)
+        tenant = tenant_of(request)
+        cancelled = [str(notification_id) for notification_id, by in cancellations.cancelled if by == tenant]
+        rows = await self.gateway.query(scheduled, tenant, inputs.query.limit, cancelled)
         if isinstance(rows, web.Response):
             return rows
         return reply(ScheduledList(deliveries=[

@@ -15,8 +15,9 @@ days). A message costs about 900 bytes of Python objects plus its content (subje
 ≤ 64 KiB: agents/channels/in_app.py); one with a 100-character text measured 1,035 bytes (tracemalloc),
 so a full inbox of such messages is about 200 KiB. Every gateway holds every user's inbox.
 
-Auth: a user sees only their own inbox. A server-side caller sends the API key (`X-API-Key` or
-`Authorization: Bearer`) and names the tenant (`?tenant=`, default "default"); a browser sends a
+Auth: a user sees only their own inbox. A server-side caller sends an API key (`X-API-Key` or
+`Authorization: Bearer`) and reads its key's tenant's inboxes (`?tenant=`, if given, must be that
+tenant: gateway/auth.py); a browser sends a
 token signed for one tenant and user (`Authorization: Bearer <token>`, or `?token=` where it cannot
 set headers, as EventSource): base64url(JSON {tenant, user_id, exp}) "." base64url(HMAC-SHA256 of the
 first part with `inbox.token_secret`). `herald inbox token USER` mints one.
@@ -38,7 +39,7 @@ from aiokafka.errors import KafkaError
 from pydantic import AfterValidator, BaseModel, Field
 
 from agents.channels.in_app import inbox_key, user_id
-from gateway.auth import same_key
+from gateway.auth import key_parts, presented_key, refuse_other_tenant, same_key, tenant_of
 from gateway.errors import invalid, json_error, problem
 from gateway.follow import Follower
 from gateway.openapi import NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, endpoint, error, reply
@@ -373,9 +374,9 @@ class InboxApi:
         if named is None:
             return invalid(problems)
         tenant, user = named
-        api_key = request.headers.get("X-API-Key")
-        if api_key is not None or same_key(bearer(request), self.settings.api_key):
-            return self.server_caller(api_key or bearer(request), tenant or "default", user)
+        presented = bearer(request)
+        if "X-API-Key" in request.headers or same_key(presented, self.settings.api_key) or key_parts(presented):
+            return self.server_caller(request, tenant, user)
         token = bearer(request) or request.query.get("token", "")
         try:
             signed_for = token_owner(self.settings.inbox.token_secret.get_secret_value(), token)
@@ -386,10 +387,13 @@ class InboxApi:
             return json_error(403, "forbidden", "the token is for another user's inbox")
         return signed_for
 
-    def server_caller(self, key: str, tenant: str, user: str) -> Owner | web.Response:
-        if not same_key(key, self.settings.api_key):
-            return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
-        wait = self.limiter.wait(key)
+    def server_caller(self, request: web.Request, named: str | None, user: str) -> Owner | web.Response:
+        """A service with an API key reads its own tenant's inboxes (`?tenant=` may only name that one)."""
+        tenant = tenant_of(request)
+        refused = refuse_other_tenant(tenant, named, "tenant")
+        if refused is not None:
+            return refused
+        wait = self.limiter.wait(presented_key(request))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
             return json_error(429, "rate_limited", f"over the API key's rate; retry in {seconds} s",

@@ -9,10 +9,12 @@ GET  /dashboard…                the delivery dashboard (gateway/dashboard.py; 
 GET  /t/o/<token>, /t/c/<token> email open pixel and click redirect (gateway/tracking.py; signed tokens)
 POST /v1/providers/twilio/status SMS status callbacks (gateway/callbacks.py; Twilio's signature)
 GET  /metrics                   with `metrics_api_key` when it is set; else open only when `metrics_public`
-GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; the API key or the user's token)
+GET, POST /v1/users/{user_id}/inbox…  a user's in-app inbox (gateway/inbox.py; an API key or the user's token)
+/v1/admin/…                     tenants' API keys (gateway/admin.py; the admin key)
 /v1/templates…, /v1/preferences…, /v1/scheduled  what the CLI does, tenant-scoped (gateway/api.py)
 GET  /openapi.json              the OpenAPI 3.1 document of every route (gateway/openapi.py), unauthenticated
-Everything else needs the API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`; gateway/auth.py),
+Everything else needs an API key (`X-API-Key: <key>` or `Authorization: Bearer <key>`), which says the
+tenant the request acts for (gateway/auth.py, `tenant_of`; a body naming another tenant is 403),
 and each key gets `gateway_rate_per_s` requests a second (a token bucket of `gateway_rate_burst`, per process).
 Each route is registered with an Operation (gateway/openapi.py) whose models check its inputs.
 
@@ -49,18 +51,21 @@ from streams.codec import bundle, default_serde
 from streams.producers import RenewingProducer
 from clickhouse_driver.errors import Error as ClickHouseError
 from sinks.clickhouse_client import connect
-from sinks.queries import timeline
+from sinks.queries import tenants_of, timeline
 from streams.ids import log_position, member_key, member_position, notification_id
 from streams.logs import use_json_logs
 from streams.settings import Settings, get_settings
+from streams.tables import cancellation_key
 from streams.topics import CANCELLATIONS, EVENTS, RECEIPTS, REQUESTS
 from gateway import dashboard
-from gateway.auth import SETTINGS, presented_key, same_key, tenant_of
+from gateway.admin import ADMIN_PATH, register as register_admin
+from gateway.auth import API_KEYS, ApiKeyLog, ApiKeys, presented_key, refuse_other_tenant, same_key, tenant_of
 from gateway.callbacks import callback_routes
 from gateway.errors import (MAX_PATH_PART_CHARS, REFUSED, ErrorBody, field_errors, invalid, json_error,
                             capped)
 from gateway.openapi import (MAX_BODY_BYTES, NOT_FOUND, UNAVAILABLE, Inputs, Operation, Reply, document, endpoint,
-                             reply)
+                             error, reply)
+from gateway.follow import Follower
 from gateway.tracking import tracking_routes
 from gateway.writes import unhonoured
 
@@ -68,7 +73,9 @@ ACCEPTED = Counter("herald_gateway_notifications_total", "Notifications accepted
 # Paths that carry their own proof (a signed token or a provider's signature) instead of the API key.
 # The in-app inbox (gateway/inbox.py) takes the API key or a user's signed token, and checks either itself.
 USERS_PATH = "/v1/users/"
-SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH)
+SIGNED_PATHS = ("/t/", "/v1/providers/", USERS_PATH, ADMIN_PATH)
+# A request acts for its key's tenant (gateway/auth.py); one whose body names another is refused.
+OTHER_TENANT = {403: error("the body names a tenant other than the API key's (`detail` names the field)")}
 PUBLIC_PATHS = ("/health", "/openapi.json")
 
 
@@ -247,6 +254,14 @@ def kafka_key(request: NotificationRequest | NotificationBatch) -> bytes:
 # --- Keys and rates ----------------------------------------------------------------------------------------
 
 
+def own_tenant(request: web.Request, parsed: NotificationRequest | NotificationBatch) -> web.Response | None:
+    """The request is its key's tenant's: a body naming another tenant is refused (403), one naming none
+    gets the key's."""
+    tenant = tenant_of(request)
+    refused = refuse_other_tenant(tenant, parsed.tenant if "tenant" in parsed.model_fields_set else None, "tenant")
+    parsed.tenant = tenant
+    return refused
+
 class RateLimiter:
     """A token bucket per API key, in this process's memory: `rate` requests a second, `burst` at once.
 
@@ -348,27 +363,29 @@ class Gateway:
         self.limiter = RateLimiter(settings.gateway_rate_per_s, settings.gateway_rate_burst)
         self.kafka = RenewingProducer(settings, linger_ms=2)
         self.document: str | None = None  # /openapi.json
+        self.api_keys = ApiKeys(settings.api_key)
 
     def web_app(self) -> web.Application:
         app = web.Application(middlewares=[errors_as_json, self.require_api_key], client_max_size=MAX_BODY_BYTES)
-        app[SETTINGS] = self.settings
+        app[API_KEYS] = self.api_keys
+        Follower(lambda: ApiKeyLog(self.settings, self.api_keys, self.serde)).attach(app)
         unavailable = {**UNAVAILABLE}
         tags = ("notifications",)
         app.router.add_post("/v1/notifications", endpoint(Operation(
             "Send one notification", {202: Reply("Kafka has the request; the id ingest will stamp", Accepted),
-                                      **unavailable},
+                                      **OTHER_TENANT, **unavailable},
             body=self.request_model, tags=tags), self.post_notification))
         app.router.add_post("/v1/notifications/batch", endpoint(Operation(
             "Send one template to many recipients",
             {202: Reply("Kafka has the batch; the ids ingest will stamp, in the recipients' order", BatchAccepted),
-             **unavailable}, body=self.batch_model, tags=tags), self.post_batch))
+             **OTHER_TENANT, **unavailable}, body=self.batch_model, tags=tags), self.post_batch))
         app.router.add_get("/v1/notifications/{id}", endpoint(Operation(
             "A notification's status and timeline (from ClickHouse)",
             {200: Reply("its lifecycle events, oldest first", Status), **NOT_FOUND, **unavailable},
             path=NotificationPath, tags=tags), self.get_notification))
         app.router.add_delete("/v1/notifications/{id}", endpoint(Operation(
             "Cancel what of a notification is not sent yet (a scheduled one, one waiting for a retry)",
-            {202: Reply("Kafka has the cancellation", Cancelled), **unavailable}, path=NotificationPath,
+            {202: Reply("Kafka has the cancellation", Cancelled), **NOT_FOUND, **unavailable}, path=NotificationPath,
             tags=("notifications", "scheduled")), self.cancel_notification))
         app.router.add_get("/health", endpoint(Operation("Liveness", {200: Reply("the gateway runs", Health)},
                                                          security=()), self.health))
@@ -389,6 +406,7 @@ class Gateway:
         register_inbox(app, self)
         self.api = register_api(app, self)
         dashboard.register(app, self)
+        register_admin(app, self)
         app.on_cleanup.append(self.on_cleanup)
         return app
 
@@ -425,10 +443,7 @@ class Gateway:
                                   "set HERALD_METRICS_API_KEY (scrapers send it as a bearer token) "
                                   "or HERALD_METRICS_PUBLIC=true")
             return await handler(request)
-        try:
-            tenant_of(request)
-        except web.HTTPUnauthorized:
-            return json_error(401, "unauthorized", "send the API key as X-API-Key or Authorization: Bearer")
+        tenant_of(request)  # raises 401 (or 503) for a request without a valid key
         wait = self.limiter.wait(presented_key(request))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
@@ -469,6 +484,9 @@ class Gateway:
         return ids_of(request, log_position(metadata.topic, metadata.partition, metadata.offset))
 
     async def post_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
+        refused = own_tenant(request, inputs.body)
+        if refused is not None:
+            return refused
         problems = unhonoured(inputs.body)
         if problems:
             return invalid(problems)
@@ -480,6 +498,9 @@ class Gateway:
 
     async def post_batch(self, request: web.Request, inputs: Inputs) -> web.Response:
         parsed = inputs.body
+        refused = own_tenant(request, parsed)
+        if refused is not None:
+            return refused
         if not parsed.recipients:
             return invalid([{"field": "recipients", "message": "at least one recipient"}])
         problems = duplicate_member_keys(parsed) or capped(unhonoured(parsed))
@@ -493,7 +514,7 @@ class Gateway:
 
     async def get_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
         wanted = inputs.path.id
-        events = await self.query(timeline, wanted)
+        events = await self.query(timeline, wanted, tenant_of(request))  # another tenant's: none
         if isinstance(events, web.Response):
             return events
         if not events:
@@ -502,11 +523,21 @@ class Gateway:
 
     async def cancel_notification(self, request: web.Request, inputs: Inputs) -> web.Response:
         """A cancellation on herald.cancellations: deliver sends none of the notification's deliveries
-        it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it."""
+        it has not sent yet (a scheduled one, one waiting for a retry). 202 once Kafka has it.
+
+        In the name of the key's tenant, for its own notifications only: 404 when ClickHouse has the
+        notification as another tenant's. One ClickHouse does not know yet (just sent) is cancelled
+        too; deliver honours a cancellation only for a notification of the tenant that made it."""
         wanted = inputs.path.id
-        record = NotificationCancelled(notification_id=wanted, tenant=tenant_of(request),
-                                       cancelled_at=datetime.now(timezone.utc))
-        sent = await self.send(CANCELLATIONS.name, wanted.bytes, self.serde.encode_model(record), "cancellation")
+        tenant = tenant_of(request)
+        owners = await self.query(tenants_of, wanted)
+        if isinstance(owners, web.Response):
+            return owners
+        if owners and tenant not in owners:
+            return json_error(404, "not_found", f"no events for notification {wanted} (yet)")
+        record = NotificationCancelled(notification_id=wanted, tenant=tenant, cancelled_at=datetime.now(timezone.utc))
+        sent = await self.send(CANCELLATIONS.name, cancellation_key(tenant, wanted), self.serde.encode_model(record),
+                               "cancellation")
         if isinstance(sent, web.Response):
             return sent
         return reply(Cancelled(notification_id=wanted, cancelled=True), status=202)

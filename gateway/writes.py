@@ -18,7 +18,7 @@ from agents.quiet_hours import BAD_ZONE, parse_hhmm
 from agents.template import digest_problems, template_problems
 from gateway.errors import field_errors, problem
 from schemas.models import OptOut, PreferencesUpdated, TemplateUpserted
-from streams.tables import template_key
+from streams.tables import preference_key, template_key, valid_tenant
 
 # Fields a stage does not act on yet, per model: refused when set to anything but their default.
 # None left since digests are honoured (agents/digest.py); the next unhonoured field goes here.
@@ -58,10 +58,19 @@ def checked(model: type[BaseModel], document: Mapping[str, Any]) -> Any:
         record = model.model_validate(document)
     except ValidationError as exc:
         raise Refused(field_errors(exc)) from None
-    problems = unhonoured(record)
+    problems = unhonoured(record) + tenant_problems(record.tenant)
     if problems:
         raise Refused(problems)
     return record
+
+
+def tenant_problems(tenant: str) -> list[dict[str, str]]:
+    """Why a tenant name cannot be in a log key (streams.tables.tenant_key); none when it can."""
+    try:
+        valid_tenant(tenant)
+    except ValueError as exc:
+        return [problem("tenant", str(exc))]
+    return []
 
 
 def build_template(document: Mapping[str, Any], allow_unsafe_html: bool = False) -> TemplateUpserted:
@@ -85,7 +94,7 @@ def build_template(document: Mapping[str, Any], allow_unsafe_html: bool = False)
 
 def template_entry(template: TemplateUpserted) -> tuple[bytes, TemplateUpserted]:
     """The (key, record) to publish on herald.templates."""
-    return template_key(template.template_id, template.locale, template.version), template
+    return template_key(template.tenant, template.template_id, template.locale, template.version), template
 
 
 def build_preferences(document: Mapping[str, Any]) -> PreferencesUpdated:
@@ -115,7 +124,7 @@ def build_preferences(document: Mapping[str, Any]) -> PreferencesUpdated:
 
 def preferences_entry(preferences: PreferencesUpdated) -> tuple[bytes, PreferencesUpdated]:
     """The (key, record) to publish on herald.preferences: compaction keeps the latest per key."""
-    return preferences.user_id.encode(), preferences
+    return preference_key(preferences.tenant, preferences.user_id), preferences
 
 
 def with_opt_out(preferences: Mapping[str, Any], category: str, channel: str, opted_out: bool) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Self
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
+    "ApiKeyChanged",
     "AvroModel",
     "BatchRecipient",
     "Channel",
@@ -539,6 +540,18 @@ class NotificationCancelled(AvroModel):
     cancelled_at: TimestampMillis
 
 
+class ApiKeyChanged(AvroModel):
+    """A tenant's API key was created or revoked (herald.tenants, compacted, keyed by key id)."""
+
+    AVRO_NAME: ClassVar[str] = "ApiKeyChanged"
+
+    key_id: str
+    tenant: str
+    secret_sha256: str
+    created_at: TimestampMillis
+    revoked_at: TimestampMillis | None = None
+
+
 class ReceiptStatus(StrEnum):
     """What the provider reported."""
 
@@ -597,6 +610,7 @@ MODELS: dict[str, type[AvroModel]] = {
         PreferencesUpdated,
         ContactRemoved,
         NotificationCancelled,
+        ApiKeyChanged,
         DeliveryReceipt,
         RecordBundle,
         InboxEvent,

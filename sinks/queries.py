@@ -1,7 +1,8 @@
 """Analytics read from ClickHouse: one notification's timeline, whether notifications are done, and
 the operators' report.
 
-Every query reads `notification_events` with FINAL, so replayed events are counted once.
+Every query reads `notification_events` with FINAL, so replayed events are counted once. Those that
+serve a caller take a tenant and see only its events; "" (the operator's CLI) sees every tenant's.
 """
 
 from collections.abc import Sequence
@@ -17,10 +18,15 @@ WHERE notification_id = %(notification_id)s AND (%(tenant)s = '' OR tenant = %(t
 ORDER BY event_time_ms, stage
 """
 
+# The tenants a notification's events name (one, unless a caller made an id of another tenant's).
+TENANTS_OF = """
+SELECT DISTINCT tenant FROM notification_events WHERE notification_id = %(notification_id)s
+"""
+
 COUNTS = """
 SELECT channel, status, count() AS events
 FROM notification_events FINAL
-WHERE event_time >= now() - %(seconds)s
+WHERE event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel, status
 ORDER BY channel, status
 """
@@ -30,7 +36,7 @@ LATENCY = """
 SELECT channel, count() AS sent,
        quantile(0.5)(latency_ms) AS p50, quantile(0.95)(latency_ms) AS p95, quantile(0.99)(latency_ms) AS p99
 FROM notification_events FINAL
-WHERE status = 'sent' AND event_time >= now() - %(seconds)s
+WHERE status = 'sent' AND event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel
 ORDER BY channel
 """
@@ -41,7 +47,7 @@ PROVIDERS = """
 SELECT channel, provider, countIf(status = 'sent') AS sent, countIf(status = 'retried') AS retried,
        countIf(status = 'failed') AS failed, arrayStringConcat(topK(3)(nullIf(error_code, '')), ' ') AS codes
 FROM notification_events FINAL
-WHERE provider != '' AND event_time >= now() - %(seconds)s
+WHERE provider != '' AND event_time >= now() - %(seconds)s AND (%(tenant)s = '' OR tenant = %(tenant)s)
 GROUP BY channel, provider
 ORDER BY channel, provider
 """
@@ -91,6 +97,10 @@ def timeline(client: Client, notification_id: UUID, tenant: str = "") -> list[di
     return [dict(zip(COLUMNS, row)) for row in rows]
 
 
+def tenants_of(client: Client, notification_id: UUID) -> set[str]:
+    return {tenant for (tenant,) in client.execute(TENANTS_OF, {"notification_id": str(notification_id)})}
+
+
 def scheduled(client: Client, tenant: str, limit: int, cancelled: Sequence[str]) -> list[dict[str, Any]]:
     """The tenant's deliveries still waiting for their send_at, first scheduled first; at most `limit`."""
     rows = client.execute(SCHEDULED, {"tenant": tenant, "limit": limit, "final": tuple(FINAL_STATUSES),
@@ -100,16 +110,16 @@ def scheduled(client: Client, tenant: str, limit: int, cancelled: Sequence[str])
             for row in rows]
 
 
-def counts(client: Client, seconds: int) -> list[tuple[str, str, int]]:
-    return client.execute(COUNTS, {"seconds": seconds})
+def counts(client: Client, seconds: int, tenant: str) -> list[tuple[str, str, int]]:
+    return client.execute(COUNTS, {"seconds": seconds, "tenant": tenant})
 
 
-def latency(client: Client, seconds: int) -> list[tuple[str, int, float, float, float]]:
-    return client.execute(LATENCY, {"seconds": seconds})
+def latency(client: Client, seconds: int, tenant: str) -> list[tuple[str, int, float, float, float]]:
+    return client.execute(LATENCY, {"seconds": seconds, "tenant": tenant})
 
 
-def providers(client: Client, seconds: int) -> list[tuple[str, str, int, int, int, str]]:
-    return client.execute(PROVIDERS, {"seconds": seconds})
+def providers(client: Client, seconds: int, tenant: str) -> list[tuple[str, str, int, int, int, str]]:
+    return client.execute(PROVIDERS, {"seconds": seconds, "tenant": tenant})
 
 
 def statuses(client: Client, ids: Sequence[str]) -> dict[str, dict[str, set[str]]]:

@@ -234,7 +234,10 @@ class Settings(BaseSettings):
     # HTTP gateway.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
+    # The key of tenant "default". Other tenants get keys of their own (`herald tenants create-key`,
+    # herald.tenants), which only the admin key may create or revoke; empty turns those endpoints off.
     api_key: str = "dev-key"
+    admin_api_key: str = ""
     # The gateway's address as recipients' browsers and providers' callbacks reach it (tracking links,
     # status callbacks), and the secret that signs tracking links. Set both in production.
     public_url: str = "http://127.0.0.1:8080"

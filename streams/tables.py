@@ -13,6 +13,7 @@ Faust stages never did.
 import asyncio
 import json
 import logging
+import re
 import time
 from datetime import datetime
 from uuid import UUID
@@ -115,36 +116,78 @@ class FoldedTable(Service):
     def __len__(self) -> int: ...
 
 
-def template_key(template_id: str, locale: str, version: int) -> bytes:
-    """Key on herald.templates: one per version and locale, so compaction keeps every version."""
-    return f"{template_id}/{locale}/{version}".encode()
+DEFAULT_TENANT = "default"
+# A tenant's name in a log key: no '/' (it ends the tenant) and no leading '@' (see tenant_key).
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def template_key_parts(key: bytes) -> tuple[str, str, int]:
-    template_id, locale, version = key.decode().rsplit("/", 2)
-    return template_id, locale, int(version)
+def valid_tenant(tenant: str) -> str:
+    if not TENANT_NAME.fullmatch(tenant):
+        raise ValueError(f"tenant {tenant!r}: 1 to 128 of letters, digits, '.', '_' and '-', starting with a "
+                         "letter or digit")
+    return tenant
+
+
+def tenant_key(tenant: str, rest: str) -> str:
+    """A log key under a tenant: '@<tenant>/<rest>'. The default tenant's keys stay bare, as they were
+    before tenants, so a new write replaces an old one in a compacted log; a bare key that starts with
+    '@' is the default tenant's written out ('@default/@…'), so no two (tenant, rest) share a key."""
+    if tenant == DEFAULT_TENANT and not rest.startswith("@"):
+        return rest
+    return f"@{valid_tenant(tenant)}/{rest}"
+
+
+def tenant_key_parts(key: str) -> tuple[str, str]:
+    """(tenant, rest) of a key made by tenant_key; a bare key is the default tenant's (and any key
+    written before tenants)."""
+    if key.startswith("@") and "/" in key:
+        tenant, rest = key[1:].split("/", 1)
+        return tenant, rest
+    return DEFAULT_TENANT, key
+
+
+def template_key(tenant: str, template_id: str, locale: str, version: int) -> bytes:
+    """Key on herald.templates: one per tenant, version and locale, so compaction keeps every version."""
+    return tenant_key(tenant, f"{template_id}/{locale}/{version}").encode()
+
+
+def template_key_parts(key: bytes) -> tuple[str, str, str, int]:
+    tenant, rest = tenant_key_parts(key.decode())
+    template_id, locale, version = rest.rsplit("/", 2)
+    return tenant, template_id, locale, int(version)
+
+
+def preference_key(tenant: str, user_id: str) -> bytes:
+    """Key on herald.preferences: the tenant's user."""
+    return tenant_key(tenant, user_id).encode()
 
 
 class TemplateTable(FoldedTable):
-    """template_id → locale → version → TemplateUpserted."""
+    """(tenant, template_id) → locale → version → TemplateUpserted.
+
+    A tenant renders its own templates, and the default tenant's where it has none of that id: the
+    default tenant's templates are the shared catalog (docs/decisions.md). No tenant renders another's.
+    """
 
     spec = TEMPLATES
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(settings, serde, **kwargs)
-        self.templates: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+        self.templates: dict[tuple[str, str], dict[str, dict[int, dict[str, Any]]]] = {}
 
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         if record is None or record["deleted"]:
-            template_id, locale, version = template_key_parts(key)
-            self.templates.get(template_id, {}).get(locale, {}).pop(version, None)
+            tenant, template_id, locale, version = template_key_parts(key)
+            self.templates.get((tenant, template_id), {}).get(locale, {}).pop(version, None)
         else:
-            versions = self.templates.setdefault(record["template_id"], {}).setdefault(record["locale"], {})
-            versions[record["version"]] = record
+            versions = self.templates.setdefault((record["tenant"], record["template_id"]), {})
+            versions.setdefault(record["locale"], {})[record["version"]] = record
 
-    def find(self, template_id: str, locale: str | None = None, version: int | None = None) -> dict[str, Any] | None:
-        """The template for a locale (falling back to its language, then 'en', then any) and version (or the latest)."""
-        locales = self.templates.get(template_id)
+    def find(self, tenant: str, template_id: str, locale: str | None = None,
+             version: int | None = None) -> dict[str, Any] | None:
+        """The tenant's template for a locale (falling back to its language, then 'en', then any) and
+        version (or the latest)."""
+        locales = self.templates.get((tenant, template_id))
         if not locales:
             return None
         versions = None
@@ -159,16 +202,24 @@ class TemplateTable(FoldedTable):
         return versions.get(version) if version is not None else versions[max(versions)]
 
     def for_notification(self, notification: dict[str, Any], preferences: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The template a notification renders with, in the recipient's (or the preferred) locale."""
+        """The template a notification renders with, in the recipient's (or the preferred) locale: its
+        tenant's, else the default tenant's."""
         locale = notification["recipient"]["locale"] or (preferences or {}).get("locale")
-        return self.find(notification["template_id"], locale, notification["template_version"])
+        for tenant in dict.fromkeys((notification["tenant"], DEFAULT_TENANT)):
+            if (tenant, notification["template_id"]) in self.templates:
+                return self.find(tenant, notification["template_id"], locale, notification["template_version"])
+        return None
 
     def __len__(self) -> int:
         return len(self.templates)
 
 
+Owner = tuple[str, str]  # (tenant, user_id)
+
+
 class PreferenceTable(FoldedTable):
-    """user_id → PreferencesUpdated (the whole, latest record), less the contacts providers said are dead.
+    """(tenant, user_id) → PreferencesUpdated (the whole, latest record), less the contacts providers
+    said are dead. A tenant's users are its own: no fallback to another tenant's preferences.
 
     A dead contact (herald.contacts.removed, deliver writes it) stays dead until the user's preferences
     are updated after it: a new PreferencesUpdated that lists it again brings it back.
@@ -179,15 +230,15 @@ class PreferenceTable(FoldedTable):
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(settings, serde, **kwargs)
-        self.preferences: dict[str, dict[str, Any]] = {}
-        # user_id → {(channel, address): removed_at}
-        self.removed: dict[str, dict[tuple[str, str], datetime]] = {}
+        self.preferences: dict[Owner, dict[str, Any]] = {}
+        # (tenant, user_id) → {(channel, address): removed_at}
+        self.removed: dict[Owner, dict[tuple[str, str], datetime]] = {}
 
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         if record is None:
-            self.preferences.pop(key.decode(), None)
+            self.preferences.pop(tenant_key_parts(key.decode()), None)
         else:
-            self.preferences[record["user_id"]] = record
+            self.preferences[(record["tenant"], record["user_id"])] = record
 
     def apply_other(self, topic: str, key: bytes, value: bytes | None) -> None:
         if value is None:  # compaction's tombstone for a removal: nothing to undo, the address was dead
@@ -197,17 +248,18 @@ class PreferenceTable(FoldedTable):
         except (SchemaDecodeError, ValueError) as exc:
             log.error("%s: skipping undecodable entry for key %r: %s", topic, key, exc)
             return
-        self.removed.setdefault(removal["user_id"], {})[(removal["channel"], removal["address"])] = removal["removed_at"]
+        owner = (removal["tenant"], removal["user_id"])
+        self.removed.setdefault(owner, {})[(removal["channel"], removal["address"])] = removal["removed_at"]
 
-    def get(self, user_id: str) -> dict[str, Any] | None:
-        return self.preferences.get(user_id)
+    def get(self, tenant: str, user_id: str) -> dict[str, Any] | None:
+        return self.preferences.get((tenant, user_id))
 
-    def dead(self, user_id: str) -> set[tuple[str, str]]:
+    def dead(self, tenant: str, user_id: str) -> set[tuple[str, str]]:
         """The (channel, address) pairs of the user a provider said are dead since their last update."""
-        removed = self.removed.get(user_id)
+        removed = self.removed.get((tenant, user_id))
         if not removed:
             return set()
-        preferences = self.preferences.get(user_id)
+        preferences = self.preferences.get((tenant, user_id))
         since = preferences["updated_at"] if preferences else None
         return {contact for contact, at in removed.items() if since is None or at > since}
 
@@ -215,27 +267,45 @@ class PreferenceTable(FoldedTable):
         return len(self.preferences)
 
 
+def cancellation_key(tenant: str, notification_id: UUID) -> bytes:
+    """Key on herald.cancellations: one per tenant and notification, so a cancellation in one tenant's
+    name never replaces another's in the compacted log. The default tenant's is the id's 16 bytes, as
+    before tenants."""
+    if tenant == DEFAULT_TENANT:
+        return notification_id.bytes
+    return tenant_key(tenant, str(notification_id)).encode()
+
+
 class CancellationTable(FoldedTable):
     """The notifications callers cancelled (herald.cancellations): deliver sends none of theirs. A
-    cancellation is a few dozen bytes and callers cancel few notifications; the log is compacted."""
+    cancellation is a few dozen bytes and callers cancel few notifications; the log is compacted.
+
+    Held as (notification id, tenant): a cancellation counts only for a notification of the tenant
+    that made it. The gateway refuses to cancel another tenant's notification when ClickHouse knows
+    it; this holds in the moment before it does."""
 
     spec = CANCELLATIONS
 
     def __init__(self, settings: Settings, serde: AvroSerde | None = None, **kwargs: Any) -> None:
         super().__init__(settings, serde, **kwargs)
-        self.cancelled: set[UUID] = set()
+        self.cancelled: set[tuple[UUID, str]] = set()
 
     def fold(self, key: bytes, record: dict[str, Any] | None) -> None:
         if record is not None:
-            self.cancelled.add(record["notification_id"])
-        else:
-            try:
-                self.cancelled.discard(UUID(bytes=key))
-            except ValueError:
-                log.warning("%s: a tombstone with a key that is no notification id: %r", self.spec.name, key)
+            self.cancelled.add((record["notification_id"], record["tenant"]))
+            return
+        try:
+            if len(key) == 16:
+                self.cancelled.discard((UUID(bytes=key), DEFAULT_TENANT))
+            else:
+                tenant, notification_id = tenant_key_parts(key.decode())
+                self.cancelled.discard((UUID(notification_id), tenant))
+        except ValueError:
+            log.warning("%s: a tombstone with a key that is no cancellation's: %r", self.spec.name, key)
 
-    def __contains__(self, notification_id: object) -> bool:
-        return notification_id in self.cancelled
+    def cancels(self, notification: dict[str, Any]) -> bool:
+        """Whether the notification's own tenant cancelled it (a delivery task or a notification)."""
+        return (notification["notification_id"], notification["tenant"]) in self.cancelled
 
     def __len__(self) -> int:
         return len(self.cancelled)

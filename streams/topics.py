@@ -85,6 +85,9 @@ CONTACTS_REMOVED = TopicSpec("herald.contacts.removed", ("ContactRemoved",),
 INBOX = TopicSpec("herald.inbox", ("InboxEvent",),
                   "deliver (in_app) produces messages, the gateway read and seen; the gateway's inbox folds it",
                   retention_setting="inbox.retention_ms")
+TENANTS = TopicSpec("herald.tenants", ("ApiKeyChanged",),
+                    "the gateway's admin endpoints (`herald tenants`) produce; every gateway's key table folds it",
+                    compacted=True)
 IDEMPOTENCY_KEYS = TopicSpec("herald.state.idempotency-keys", (),
                             "ingest writes and folds: idempotency keys it has seen (JSON, internal)", compacted=True)
 REPLAYED = TopicSpec("herald.state.replayed", (),
@@ -111,7 +114,7 @@ RETRY = tuple(
 
 CATALOG: tuple[TopicSpec, ...] = (
     REQUESTS, ACCEPTED, VALIDATED, RENDERED, DIGEST, REJECTED, *DELIVER, *RETRY, SCHEDULED, CANCELLATIONS, RECEIPTS, DLQ, EVENTS,
-    TEMPLATES, PREFERENCES, CONTACTS_REMOVED, INBOX, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS, DIGEST_USERS,
+    TEMPLATES, PREFERENCES, CONTACTS_REMOVED, INBOX, TENANTS, IDEMPOTENCY_KEYS, DELIVERED, REPLAYED, ROUTE_USERS, DIGEST_USERS,
 )
 
 

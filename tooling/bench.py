@@ -34,7 +34,7 @@ from tooling.peers.server import RECEIPTS, peer_dir
 from tooling.producer import publish
 from streams.kafka_clients import client_kwargs
 from streams.settings import Settings
-from streams.tables import template_key
+from streams.tables import preference_key, template_key
 from streams.topics import INBOX, PREFERENCES, REQUESTS, TEMPLATES, TopicSpec, create_topics
 
 TEMPLATE_ID = "herald-bench"
@@ -254,7 +254,7 @@ def put_template(channels: list[str]) -> None:
                    "html": "<p>Notification <b>{{ n }}</b></p>"} for c in channels],
         "updated_at": datetime.now(timezone.utc),
     })
-    publish(TEMPLATES, [(template_key(TEMPLATE_ID, "en", 1), template)])
+    publish(TEMPLATES, [(template_key(template.tenant, TEMPLATE_ID, "en", 1), template)])
 
 
 async def raw_hop(settings: Settings, count: int) -> float:
@@ -324,7 +324,8 @@ def contacts(settings: Settings, tenant: str, user: int) -> PreferencesUpdated:
 
 def publish_contacts(settings: Settings, tenant: str, users: int) -> None:
     """The bench users' preferences, rewritten each run (which also revives a contact marked dead)."""
-    publish(PREFERENCES, [(bench_user(user).encode(), contacts(settings, tenant, user)) for user in range(users)])
+    publish(PREFERENCES, [(preference_key(tenant, bench_user(user)), contacts(settings, tenant, user))
+                          for user in range(users)])
 
 
 def peers_url(settings: Settings) -> str:

@@ -20,11 +20,14 @@ topics_app = typer.Typer(help="Kafka topics of the catalog.", no_args_is_help=Tr
 templates_app = typer.Typer(help="Templates (herald.templates).", no_args_is_help=True)
 prefs_app = typer.Typer(help="User preferences (herald.preferences).", no_args_is_help=True)
 inbox_app = typer.Typer(help="In-app inboxes (herald.inbox, served by the gateway).", no_args_is_help=True)
+tenants_app = typer.Typer(help="Tenants' API keys (herald.tenants), through the gateway with HERALD_ADMIN_API_KEY.",
+                          no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas (schemas/) and the schema registry.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(templates_app, name="templates")
 app.add_typer(prefs_app, name="prefs")
 app.add_typer(inbox_app, name="inbox")
+app.add_typer(tenants_app, name="tenants")
 app.add_typer(schemas_app, name="schemas")
 console = Console()
 
@@ -182,9 +185,9 @@ def prefs_set(
         help="HH:MM-HH:MM in the user's time zone, e.g. 22:00-07:00: notifications wait until its end "
              "(not priority high, not critical templates).")] = None,
     opt_out: Annotated[list[str], typer.Option(help="CATEGORY:CHANNEL to opt out of ('*' for all categories).")] = [],
-    tenant: str = "default",
+    tenant: Annotated[str, typer.Option(help="The tenant whose user this is.")] = "default",
 ) -> None:
-    """Replace a user's preferences (herald.preferences keeps the latest per user)."""
+    """Replace a user's preferences (herald.preferences keeps the latest per tenant and user)."""
     from agents.quiet_hours import parse_window
     from gateway.writes import Refused, build_preferences, preferences_entry
     from tooling.producer import publish
@@ -260,12 +263,15 @@ def send(
 
 
 @app.command()
-def status(notification_id: uuid.UUID) -> None:
+def status(
+    notification_id: uuid.UUID,
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's events (default: every tenant's).")] = None,
+) -> None:
     """One notification's timeline, from ClickHouse."""
     from sinks.clickhouse_client import connect
     from sinks.queries import timeline
 
-    events = timeline(connect(get_settings()), notification_id)
+    events = timeline(connect(get_settings()), notification_id, tenant or "")
     if not events:
         console.print(f"[yellow]no events for {notification_id} yet[/]")
         raise typer.Exit(1)
@@ -281,6 +287,7 @@ def status(notification_id: uuid.UUID) -> None:
 @app.command()
 def report(
     minutes: Annotated[int, typer.Option(help="How far back to look.")] = 60,
+    tenant: Annotated[Optional[str], typer.Option(help="Only this tenant's events (default: every tenant's).")] = None,
 ) -> None:
     """Counts per channel and status, and latency quantiles, from ClickHouse."""
     from sinks.clickhouse_client import connect
@@ -288,13 +295,13 @@ def report(
 
     client = connect(get_settings())
     by_status = Table("channel", "status", "events", title=f"lifecycle events, last {minutes} min")
-    for channel, state, events in counts(client, minutes * 60):
+    for channel, state, events in counts(client, minutes * 60, tenant or ""):
         by_status.add_row(channel or "-", state, f"{events:,}")
     quantiles = Table("channel", "sent", "p50 ms", "p95 ms", "p99 ms", title="request → provider latency")
-    for channel, sent, p50, p95, p99 in latency(client, minutes * 60):
+    for channel, sent, p50, p95, p99 in latency(client, minutes * 60, tenant or ""):
         quantiles.add_row(channel, f"{sent:,}", f"{p50:.0f}", f"{p95:.0f}", f"{p99:.0f}")
     by_provider = Table("channel", "provider", "sent", "retried", "failed", "top error codes", title="providers")
-    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60):
+    for channel, provider, sent, retried, failed, codes in providers(client, minutes * 60, tenant or ""):
         by_provider.add_row(channel, provider, f"{sent:,}", f"{retried:,}", f"{failed:,}", codes)
     console.print(by_status)
     console.print(by_provider)
@@ -354,7 +361,7 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     # Plain prints: paths and URLs a reader copies must not be wrapped or cut to the terminal's width.
     print(f"mail        {mail / 'messages'}")
     print(f"providers   {settings.data_dir / 'peers'}/<provider>/received.jsonl")
-    token = mint_token(settings.inbox.token_secret.get_secret_value(), "demo", "alice", 24 * 3600)
+    token = mint_token(settings.inbox.token_secret.get_secret_value(), "default", "alice", 24 * 3600)
     print(f"inbox       curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
     print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
     print(f"timeline    herald status {ids[0]}")
@@ -383,6 +390,52 @@ def cancel(
         console.print(f"[red]{response.status_code}[/] {response.text}")
         raise typer.Exit(1)
     console.print(f"[green]✓[/] {wanted} cancelled: nothing of it not sent yet will be")
+
+
+def admin_request(method: str, path: str) -> dict:
+    """One call to the gateway's admin endpoints (gateway/admin.py) with the admin key; exits on an error."""
+    import httpx
+
+    settings = get_settings()
+    if not settings.admin_api_key:
+        console.print("[red]set HERALD_ADMIN_API_KEY (the gateway's admin key)[/]")
+        raise typer.Exit(2)
+    response = httpx.request(method, f"http://{settings.gateway_host}:{settings.gateway_port}/v1/admin{path}",
+                             headers={"X-API-Key": settings.admin_api_key}, timeout=15)
+    if response.status_code >= 300:
+        console.print(f"[red]{response.status_code}[/] {escape(response.text)}")
+        raise typer.Exit(1)
+    return response.json()
+
+
+@tenants_app.command("create-key")
+def tenants_create_key(tenant: str) -> None:
+    """Make an API key for TENANT and print it. It is shown this once: Herald keeps only its hash."""
+    from urllib.parse import quote
+
+    created = admin_request("POST", f"/tenants/{quote(tenant, safe='')}/keys")
+    Console(stderr=True).print(f"[green]✓[/] key {created['key_id']} of tenant {escape(created['tenant'])}; "
+                  "keep it now, it is not shown again:", highlight=False)
+    print(created["api_key"])
+
+
+@tenants_app.command("revoke-key")
+def tenants_revoke_key(key_id: str) -> None:
+    """Revoke a key: every gateway refuses it once it has read the revocation."""
+    from urllib.parse import quote
+
+    revoked = admin_request("DELETE", f"/keys/{quote(key_id, safe='')}")
+    console.print(f"[green]✓[/] key {revoked['key_id']} of tenant {escape(revoked['tenant'])} revoked "
+                  f"at {revoked['revoked_at']}", highlight=False)
+
+
+@tenants_app.command("list")
+def tenants_list() -> None:
+    """Every tenant's keys (ids and dates; never a secret)."""
+    table = Table("tenant", "key id", "created", "revoked", title="API keys")
+    for key in admin_request("GET", "/keys")["keys"]:
+        table.add_row(escape(key["tenant"]), key["key_id"], key["created_at"], key["revoked_at"] or "-")
+    console.print(table)
 
 
 replay_app = typer.Typer(help="Rebuild from the log.", no_args_is_help=True)

@@ -34,7 +34,7 @@ from kafka import KafkaProducer
 
 from sinks.clickhouse_client import connect
 from streams.settings import REPO_ROOT, Settings
-from tests.integration.pipeline_helpers import Mail, group_sizes, produce, put_template, request
+from tests.integration.pipeline_helpers import Mail, group_sizes, produce, put_template, request, tenant_key
 from tests.stack import environment
 from tooling.bench import herald_processes
 from tooling.local import mailbox_dir, start_herald, start_mailbox, stop_process, up, workers_ready
@@ -124,7 +124,7 @@ class GatewayPoster(threading.Thread):
     def __init__(self, settings: Settings, tenant: str, rate: float, timeout_s: float = 120.0) -> None:
         super().__init__(daemon=True)
         self.url = f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications"
-        self.headers = {"X-API-Key": settings.api_key}
+        self.headers = {"X-API-Key": tenant_key(settings, tenant)}  # the body's tenant must be its key's
         self.tenant, self.rate, self.timeout_s = tenant, rate, timeout_s
         self.posted: list[Posted] = []
         self.stopping = threading.Event()

@@ -12,17 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import httpx
 from clickhouse_driver import Client
 from kafka import KafkaAdminClient, KafkaProducer
 
+from gateway.auth import new_key
 from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.ids import notification_id
 from tooling.local import mailbox_dir
 from tooling.mailbox import read_receipts
 from tooling.producer import publish
 from streams.settings import REPO_ROOT, Settings
-from streams.tables import template_key
-from streams.topics import PREFERENCES, REQUESTS, TEMPLATES
+from streams.tables import preference_key, template_key
+from streams.topics import PREFERENCES, REQUESTS, TEMPLATES, TENANTS
 
 REQUEST_SCHEMA_JSON = json.loads((REPO_ROOT / "schemas/NotificationRequest.avsc").read_text())
 REQUEST_SCHEMA = fastavro.parse_schema(REQUEST_SCHEMA_JSON)
@@ -45,16 +47,17 @@ def put_template(template_id: str, variables: list[str], subject: str, text: str
         "parts": [{"channel": "email", "subject": subject, "text": text, "html": html}],
         "updated_at": datetime.now(timezone.utc), **fields,
     })
-    publish(TEMPLATES, [(template_key(template_id, "en", 1), template)])
+    publish(TEMPLATES, [(template_key(template.tenant, template_id, "en", 1), template)])
 
 
-def set_preferences(user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None, **fields: Any) -> None:
+def set_preferences(tenant: str, user_id: str, email: str, opt_outs: list[dict[str, str]] | None = None,
+                    **fields: Any) -> None:
     """`fields`: more PreferencesUpdated fields (quiet_hours, time_zone…)."""
     preferences = PreferencesUpdated.model_validate({
-        "user_id": user_id, "email": email, "opt_outs": opt_outs or [], "updated_at": datetime.now(timezone.utc),
-        **fields,
+        "user_id": user_id, "tenant": tenant, "email": email, "opt_outs": opt_outs or [],
+        "updated_at": datetime.now(timezone.utc), **fields,
     })
-    publish(PREFERENCES, [(user_id.encode(), preferences)])
+    publish(PREFERENCES, [(preference_key(tenant, user_id), preferences)])
 
 
 def request(tenant: str, key: str, template_id: str, user_id: str, email: str | None,
@@ -75,6 +78,20 @@ def produce(producer: KafkaProducer, requests: list[dict[str, Any]]) -> list[str
         producer.send(REQUESTS.name, key=r["idempotency_key"].encode(), value=foreign_encode(r))
     producer.flush()
     return [str(notification_id(r["tenant"], r["idempotency_key"], "")) for r in requests]
+
+
+def tenant_key(settings: Settings, tenant: str, timeout: float = 60) -> str:
+    """A new API key of `tenant`, published to herald.tenants as an operator with Kafka access could
+    (`herald tenants create-key` goes through the gateway's admin key instead); returns once the
+    gateway accepts it."""
+    key, record = new_key(tenant, datetime.now(timezone.utc))
+    publish(TENANTS, [(record.key_id.encode(), record)])
+    url = f"http://{settings.gateway_host}:{settings.gateway_port}/v1/notifications/{uuid.uuid4()}"
+    deadline = time.monotonic() + timeout
+    while httpx.get(url, headers={"X-API-Key": key}, timeout=10).status_code in (401, 503):
+        assert time.monotonic() < deadline, f"the gateway did not take the key of {tenant} within {timeout} s"
+        time.sleep(0.5)
+    return key
 
 
 def new_tenant() -> str:

@@ -21,10 +21,11 @@ from kafka import KafkaProducer
 from gateway.inbox import mint_token
 from schemas.models import PreferencesUpdated, TemplateUpserted
 from streams.settings import Settings
-from streams.tables import template_key
+from streams.tables import preference_key, template_key
 from streams.topics import PREFERENCES, TEMPLATES
 from tests.stack import environment
-from tests.integration.pipeline_helpers import Mail, events_with, new_tenant, produce, request, wait_for_statuses
+from tests.integration.pipeline_helpers import (Mail, events_with, new_tenant, produce, request, tenant_key,
+                                                wait_for_statuses)
 from tooling.bench import herald_processes
 from tooling.local import start_herald, stop_process
 from tooling.peers.server import peer_dir, read_receipts
@@ -47,7 +48,7 @@ def template(pipeline: Settings) -> None:
         {"channel": "chat", "subject": "Hi {{ name }}", "text": "Hello {{ name }} in chat"},
         {"channel": "in_app", "subject": "Hi {{ name }}", "text": "Hello {{ name }} in the app"},
     ]
-    publish(TEMPLATES, [(template_key(TEMPLATE, "en", 1), TemplateUpserted.model_validate({
+    publish(TEMPLATES, [(template_key("default", TEMPLATE, "en", 1), TemplateUpserted.model_validate({
         "template_id": TEMPLATE, "version": 1, "locale": "en", "variables": ["name"], "parts": parts,
         "updated_at": datetime.now(timezone.utc)}))])
     time.sleep(3)  # the stages fold herald.templates
@@ -90,7 +91,7 @@ RUN_DIGITS = f"{int(RUN, 16) % 1000:03d}"
 
 def set_contacts(settings: Settings, tenant: str, user: str, i: int, kind: str, slack: bool = True) -> None:
     """The user's phone, one push token (of `kind`) and a chat webhook (Slack's, or a signed generic one), in preferences."""
-    publish(PREFERENCES, [(user.encode(), contacts(settings, tenant, user, i, kind, slack))])
+    publish(PREFERENCES, [(preference_key(tenant, user), contacts(settings, tenant, user, i, kind, slack))])
 
 
 def contacts(settings: Settings, tenant: str, user: str, i: int, kind: str, slack: bool = True) -> PreferencesUpdated:
@@ -128,8 +129,13 @@ def wait_stored(settings: Settings, providers: tuple[str, ...], ids: set[str], t
     return stored(settings, providers, ids)
 
 
+KEYS: dict[str, str] = {}  # tenant → its API key: a service reads only its own tenant's inboxes
+
+
 def inbox(settings: Settings, tenant: str, user: str, token: str | None = None) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {token}"} if token else {"X-API-Key": settings.api_key}
+    if token is None and tenant not in KEYS:
+        KEYS[tenant] = tenant_key(settings, tenant)
+    headers = {"Authorization": f"Bearer {token}"} if token else {"X-API-Key": KEYS[tenant]}
     return httpx.get(f"{gateway_url(settings)}/v1/users/{user}/inbox", params={"tenant": tenant},
                      headers=headers, timeout=10)
 
@@ -149,7 +155,7 @@ def test_every_channel_delivers_each_notification_once_with_its_content(
 ) -> None:
     tenant, n = new_tenant(), 500
     users = [f"u{i}-{RUN}" for i in range(n)]
-    publish(PREFERENCES, [(user.encode(), contacts(pipeline, tenant, user, i, PUSH_KINDS[i % 3]))
+    publish(PREFERENCES, [(preference_key(tenant, user), contacts(pipeline, tenant, user, i, PUSH_KINDS[i % 3]))
                           for i, user in enumerate(users)])
     time.sleep(3)  # route and validate fold the preferences
     ids = send(producer, tenant, users, [], "all")  # no channels asked: every part of the template
@@ -206,7 +212,7 @@ def test_transient_failures_and_429_with_retry_after_are_retried_and_delivered_a
     tenant, user, retry_after = new_tenant(), f"transient-{RUN}", 8
     preferences = contacts(pipeline, tenant, user, 9100, "apns")
     preferences.push_tokens = [push_token(pipeline, kind, user) for kind in PUSH_KINDS]  # one device of each kind
-    publish(PREFERENCES, [(user.encode(), preferences)])
+    publish(PREFERENCES, [(preference_key(tenant, user), preferences)])
     time.sleep(2)
     fault(pipeline, "twilio", status=503, count=1)  # a plain transient failure
     for provider in ("apns", "fcm", "webpush", "slack"):  # each answers its one request 429, Retry-After 8 s
@@ -326,7 +332,7 @@ def test_deliver_killed_during_a_mixed_run_loses_nothing_and_sends_nothing_twice
     users = [f"k{i}-{RUN}" for i in range(n // 4)]
     # Generic webhooks: Slack's have no idempotency key, so a resend after the kill would post twice
     # (agents/channels/chat.py); this checks what Herald guarantees where the provider can.
-    publish(PREFERENCES, [(user.encode(), contacts(pipeline, tenant, user, 5000 + i, "fcm", slack=False))
+    publish(PREFERENCES, [(preference_key(tenant, user), contacts(pipeline, tenant, user, 5000 + i, "fcm", slack=False))
                           for i, user in enumerate(users)])
     time.sleep(3)
     channels = ["email", "sms", "push", "chat"]

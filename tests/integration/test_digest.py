@@ -19,7 +19,7 @@ from streams.settings import Settings
 from streams.tables import template_key
 from streams.topics import TEMPLATES
 from tests.integration.pipeline_helpers import (Mail, events_with, new_tenant, produce, request, statuses,
-                                                 wait_for_statuses)
+                                                 tenant_key, wait_for_statuses)
 from tests.integration.test_pipeline import stage_pids
 from tooling.producer import publish
 
@@ -37,7 +37,7 @@ def digest_template(pipeline: Settings) -> None:
         "digest": {"key": None, "window_s": WINDOW_S, "max_items": 100},
         "updated_at": datetime.now(timezone.utc),
     })
-    publish(TEMPLATES, [(template_key(COMMENTS, "en", 1), template)])
+    publish(TEMPLATES, [(template_key(template.tenant, COMMENTS, "en", 1), template)])
     time.sleep(3)  # the stages fold herald.templates as it arrives
 
 
@@ -150,9 +150,10 @@ def test_a_notification_cancelled_while_its_window_is_open_is_left_out_of_the_di
     pipeline: Settings, producer: KafkaProducer, clickhouse: Client
 ) -> None:
     tenant = new_tenant()
+    key = tenant_key(pipeline, tenant)  # a cancellation is in the name of its key's tenant
     ids = produce(producer, comments(tenant, "erin", 5))
     response = httpx.delete(f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications/{ids[2]}",
-                            params={"tenant": tenant}, headers={"X-API-Key": pipeline.api_key}, timeout=10)
+                            headers={"X-API-Key": key}, timeout=10)
     assert response.status_code == 202
     digest = digest_of(clickhouse, tenant, ids[:1], timeout=60)[ids[0]]
     mail = Mail(pipeline, [digest])

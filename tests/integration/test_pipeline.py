@@ -23,13 +23,14 @@ from tooling.processes import stage_command
 from streams.settings import Settings
 from streams.topics import DLQ, REJECTED, REQUESTS
 from tests.integration.pipeline_helpers import (
-    Mail, events_with, group_sizes, new_tenant, produce, put_template, request, set_preferences, statuses,
+    Mail, events_with, group_sizes, new_tenant, produce, put_template, request, set_preferences, statuses, tenant_key,
     wait_for_statuses,
 )
 
 RUN = uuid.uuid4().hex[:8]
 WELCOME = f"welcome-{RUN}"
 LIFECYCLE = {"accepted", "rendered", "routed", "sent"}
+BAD_INPUT_TENANT = new_tenant()  # preferences are the tenant's: the opted-out user is this tenant's
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -37,7 +38,7 @@ def templates(pipeline: Settings) -> None:
     put_template(WELCOME, ["name"], "Welcome, {{ name }}!", "Hello {{ name }}, your account is ready.",
                  "<p>Hello <b>{{ name }}</b></p>")
     put_template(f"evil-{RUN}", [], "Hi", "{{ ''.__class__.__mro__ }}")
-    set_preferences(f"opted-out-{RUN}", "quiet@example.com", [{"category": "*", "channel": "email"}])
+    set_preferences(BAD_INPUT_TENANT, f"opted-out-{RUN}", "quiet@example.com", [{"category": "*", "channel": "email"}])
     time.sleep(3)  # the stages fold herald.templates and herald.preferences as they arrive
 
 
@@ -50,11 +51,12 @@ def test_1000_from_kafka_and_100_from_the_gateway_arrive_once_each(
     pipeline: Settings, producer: KafkaProducer, clickhouse: Client
 ) -> None:
     tenant = new_tenant()
+    key = tenant_key(pipeline, tenant)  # the gateway takes the tenant from the key
     ids = produce(producer, welcome_requests(tenant, 1000, "k"))
     for i in range(100):
         response = httpx.post(
             f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications",
-            headers={"X-API-Key": pipeline.api_key},
+            headers={"X-API-Key": key},
             json={"tenant": tenant, "template_id": WELCOME, "idempotency_key": f"g-{i}",
                   "recipient": {"user_id": f"user-g-{i}", "email": f"g{i}@example.com"},
                   "variables": {"name": f"Gateway {i}"}},
@@ -98,7 +100,7 @@ def end_offsets(topic: str, kafka: str) -> dict[TopicPartition, int]:
 def test_bad_input_ends_with_a_reason_and_the_workers_keep_going(
     pipeline: Settings, producer: KafkaProducer, clickhouse: Client, serde: AvroSerde, kafka: str
 ) -> None:
-    tenant = new_tenant()
+    tenant = BAD_INPUT_TENANT
     dlq_start, rejected_start = end_offsets(DLQ.name, kafka), end_offsets(REJECTED.name, kafka)
     garbage = [f"not avro {RUN}".encode(), b"\xc3\x01" + b"\x00" * 8 + RUN.encode()]
     for value in garbage:
@@ -279,7 +281,7 @@ def test_scheduled_notifications_arrive_on_time_never_early_and_a_cancelled_one_
     ids = produce(producer, requests)
     cancelled = ids[-1]  # due last, 30 s ahead
     response = httpx.delete(f"http://{pipeline.gateway_host}:{pipeline.gateway_port}/v1/notifications/{cancelled}",
-                            params={"tenant": tenant}, headers={"X-API-Key": pipeline.api_key}, timeout=10)
+                            headers={"X-API-Key": tenant_key(pipeline, tenant)}, timeout=10)
     assert response.status_code == 202
     wanted = set(ids) - {cancelled}
     received = Mail(pipeline, sorted(wanted)).wait_for_all(timeout=90)

@@ -71,7 +71,7 @@ def test_inside_quiet_hours_in_tokyo_one_waits_for_the_window_end_and_a_high_pri
     # The window ends on a whole minute 90 to 150 s from now, which leaves time to see the high one sent first.
     end = (now + timedelta(seconds=150)).replace(second=0, microsecond=0)
     start = now - timedelta(hours=1)
-    set_preferences(user, f"{user}@example.com", time_zone="Asia/Tokyo",
+    set_preferences(tenant, user, f"{user}@example.com", time_zone="Asia/Tokyo",
                     quiet_hours={"start": f"{start:%H:%M}", "end": f"{end:%H:%M}"})
     held = first_held(producer, clickhouse, tenant, user, timeout=60)
     urgent = request(tenant, "urgent", HELLO, user, None, {"name": "Sleeper"}) | {"priority": "high"}

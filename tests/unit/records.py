@@ -78,7 +78,7 @@ def part(channel: str = "email", **overrides: Any) -> dict[str, Any]:
 def template(template_id: str = "welcome", version: int = 1, locale: str = "en", **overrides: Any) -> dict[str, Any]:
     """A TemplateUpserted."""
     return {
-        "template_id": template_id, "version": version, "locale": locale, "parts": [part("email")],
+        "template_id": template_id, "tenant": "default", "version": version, "locale": locale, "parts": [part("email")],
         "variables": ["name"], "category": "transactional", "digest": None, "deleted": False, "updated_at": UPDATED_AT,
     } | overrides
 

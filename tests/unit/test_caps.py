@@ -134,7 +134,7 @@ async def test_route_stage_suppresses_the_fourth_and_writes_the_users_sends_to_t
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agents.route.now_utc", lambda: T0)
     stage = runtime(ROUTE, tmp_path)
-    stage.context.templates.fold(template_key("promo", "en", 1), capped_template(over_cap="suppress"))
+    stage.context.templates.fold(template_key("default", "promo", "en", 1), capped_template(over_cap="suppress"))
     users = stage.context.user_state[ROUTE_USERS.name]
     promo = [records.notification(notification_id=uuid.UUID(int=i), template_id="promo", template_version=1,
                                   category="marketing") for i in range(1, 5)]
@@ -158,7 +158,7 @@ async def test_route_stage_suppresses_the_fourth_and_writes_the_users_sends_to_t
 async def test_route_stage_defers_over_the_cap_to_herald_scheduled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("agents.route.now_utc", lambda: T0)
     stage = runtime(ROUTE, tmp_path)
-    stage.context.templates.fold(template_key("promo", "en", 1), capped_template(
+    stage.context.templates.fold(template_key("default", "promo", "en", 1), capped_template(
         [{"channel": "*", "limit": 1, "period_s": 60}], over_cap="defer"))
     promo = [records.notification(notification_id=uuid.UUID(int=i), template_id="promo", template_version=1,
                                   category="marketing") for i in range(1, 3)]

@@ -17,7 +17,7 @@ from streams.codec import default_serde
 from streams.runtime import StageRuntime
 from streams.settings import Settings
 from streams.stage import Incoming, Outputs
-from streams.tables import template_key
+from streams.tables import cancellation_key, template_key
 from streams.topics import DIGEST, DIGEST_USERS, EVENTS, RENDERED, VALIDATED
 from tests.unit import records
 
@@ -42,7 +42,7 @@ def comment(n: int, user_id: str = "alice", project: str = "apollo") -> dict[str
 def stage(spec: Any, tmp_path: Path, template: dict[str, Any], **settings: Any) -> StageRuntime:
     runtime = StageRuntime(spec, Settings(data_dir=tmp_path, **settings))
     assert runtime.context.templates is not None
-    runtime.context.templates.fold(template_key(template["template_id"], "en", 1), template)
+    runtime.context.templates.fold(template_key(template["tenant"], template["template_id"], "en", 1), template)
     return runtime
 
 
@@ -254,7 +254,8 @@ async def test_a_cancelled_notification_is_left_out_of_its_digest_and_an_all_can
     assert cancellations is not None
 
     def cancel(notification: dict[str, Any]) -> None:
-        cancellations.fold(notification["notification_id"].bytes, {"notification_id": notification["notification_id"]})
+        cancellations.fold(cancellation_key(notification["tenant"], notification["notification_id"]),
+                           {"notification_id": notification["notification_id"], "tenant": notification["tenant"]})
 
     cancel(comment(0))
     out = await gather(runtime, [comment(n) for n in range(3)] + [comment(0, "bob")])

@@ -104,7 +104,7 @@ def hostile_record(name: str, draw_text: Any) -> dict[str, Any]:
 def runtime_for(spec: StageSpec, tmp_path: Path) -> StageRuntime:
     stage = StageRuntime(spec, Settings(data_dir=tmp_path, retry_hold_s=0.0))
     if stage.context.templates is not None:
-        stage.context.templates.fold(template_key("welcome", "en", 1), records.template())
+        stage.context.templates.fold(template_key("default", "welcome", "en", 1), records.template())
     if "email" in stage.context.services:
         stage.context.services = {"email": RefusingAdapter()}
     return stage

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaConnectionError
 from agents.channels.in_app import inbox_key, message_event_id
 from gateway import follow
 from gateway import inbox as inbox_module
+from gateway.auth import API_KEYS, ApiKeys, new_key
 from gateway.inbox import Inbox, InboxApi, InboxLog, InvalidToken, mint_token, token_owner
 from gateway.server import Gateway, RateLimiter
 from schemas.models import InboxEvent, InboxEventKind
@@ -151,8 +152,14 @@ class Log:
         self.inbox.fold(record)
 
 
+ACME_KEY, ACME_KEY_RECORD = new_key("acme", datetime.now(UTC))
+
+
 def client_for(inbox: Inbox, log: Log | None = None) -> TestClient:
     app = web.Application()
+    app[API_KEYS] = ApiKeys(SETTINGS.api_key)
+    app[API_KEYS].fold(ACME_KEY_RECORD.to_avro())
+    app[API_KEYS].ready.set()
     api = InboxApi(SETTINGS, inbox, (log or Log(inbox)).append, RateLimiter(0, 0))
     app.add_subapp("/v1/users", api.web_app())
     return TestClient(TestServer(app))
@@ -190,13 +197,15 @@ async def test_bad_query_parameters_are_422(client: TestClient, query: str) -> N
     assert response.status == 422
 
 
-async def test_the_api_key_opens_any_inbox_of_the_tenant_it_names(client: TestClient) -> None:
-    response = await client.get("/v1/users/bob/inbox?tenant=acme", headers={"X-API-Key": "secret"})
+async def test_an_api_key_opens_any_inbox_of_its_own_tenant_only(client: TestClient) -> None:
+    response = await client.get("/v1/users/bob/inbox?tenant=acme", headers={"X-API-Key": ACME_KEY})
     assert [m["subject"] for m in (await response.json())["messages"]] == ["Subject 7"]
-    as_bearer = await client.get("/v1/users/alice/inbox?tenant=acme", headers={"Authorization": "Bearer secret"})
+    as_bearer = await client.get("/v1/users/alice/inbox", headers={"Authorization": f"Bearer {ACME_KEY}"})
     assert (await as_bearer.json())["unread"] == 4
     default_tenant = await client.get("/v1/users/alice/inbox", headers={"X-API-Key": "secret"})
     assert (await default_tenant.json())["messages"] == []
+    other_tenant = await client.get("/v1/users/alice/inbox?tenant=acme", headers={"X-API-Key": "secret"})
+    assert other_tenant.status == 403 and (await other_tenant.json())["detail"][0]["field"] == "tenant"
 
 
 @pytest.mark.parametrize(("path", "headers", "status"), [
@@ -325,7 +334,8 @@ def test_a_user_has_a_bounded_number_of_streams() -> None:
 async def test_the_follower_retries_while_kafka_is_away_and_stops_cleanly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(follow, "FOLLOW_RETRY_S", 0.05)
     inbox = Inbox(200, -1)
-    follower = follow.Follower(lambda: InboxLog(Settings(kafka_bootstrap="127.0.0.1:1"), inbox))  # nothing listens there
+    nowhere = Settings(kafka_bootstrap="127.0.0.1:1")  # nothing listens there
+    follower = follow.Follower(lambda: InboxLog(nowhere, inbox))
     await follower.on_startup(web.Application())
     await asyncio.sleep(0.3)
     assert follower.task is not None and not follower.task.done() and not inbox.ready.is_set()

@@ -37,7 +37,7 @@ SERDE = default_serde()
 def runtime(spec: StageSpec, tmp_path: Path, **settings: Any) -> StageRuntime:
     stage = StageRuntime(spec, Settings(data_dir=tmp_path, **settings))
     if stage.context.templates is not None:
-        stage.context.templates.fold(template_key("welcome", "en", 1), records.template())
+        stage.context.templates.fold(template_key("default", "welcome", "en", 1), records.template())
     return stage
 
 
@@ -109,7 +109,7 @@ async def test_validate_batch(tmp_path: Path) -> None:
 
 async def test_template_batch(tmp_path: Path) -> None:
     stage = runtime(TEMPLATE, tmp_path)
-    stage.context.templates.fold(template_key("broken", "en", 1), records.template(
+    stage.context.templates.fold(template_key("default", "broken", "en", 1), records.template(
         "broken", parts=[records.part(text="{{ name.missing.deeper }}")]))
     good = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=1))
     broken = records.notification(rendered=[], template_version=None, notification_id=uuid.UUID(int=2), template_id="broken")

@@ -333,7 +333,7 @@ async def test_stage_rejects_a_hostile_template_and_renders_the_rest_of_the_batc
     stage = runtime(TEMPLATE, tmp_path)
     for name, source in [("huge", "{{ 'a' * 10**9 }}"), ("slow", CORPUS["nested ranges within the range bound"][0]),
                          ("broken", "{{ ''.__class__.__mro__ }}")]:
-        stage.context.templates.fold(template_key(name, "en", 1), records.template(name, parts=[
+        stage.context.templates.fold(template_key("default", name, "en", 1), records.template(name, parts=[
             records.part("email", html=source)]))
     ids = {name: uuid.UUID(int=i) for i, name in enumerate(["good", "huge", "slow", "broken", "later"], 1)}
     notifications = [records.notification(rendered=[], template_version=None, notification_id=ids[name],
