@@ -368,9 +368,11 @@ def restart_with(settings: Settings, variables: dict[str, str | None]) -> None:
 
 @pytest.fixture
 def secondary_sms(pipeline: Settings) -> Iterator[None]:
-    restart_with(pipeline, SECONDARY)
+    # The secondary account talks to the same peers as the primary (a private stack's port, not 4010).
+    variables = {**SECONDARY, "HERALD_SMS__SECONDARY__BASE_URL": pipeline.sms.twilio.base_url}
+    restart_with(pipeline, variables)
     yield
-    restart_with(pipeline, dict.fromkeys(SECONDARY))
+    restart_with(pipeline, dict.fromkeys(variables))
 
 
 def test_with_the_primary_sms_provider_failing_every_call_the_secondary_delivers_each_once(
