@@ -50,7 +50,7 @@ run: venv
 	  --push-token "$$($(BIN)/herald web-push-subscription bob)"
 	$(BIN)/herald prefs set carol --email carol@example.com
 	$(BIN)/herald prefs set dave --email dave@example.com --phone +447911123456 --opt-out '*:email'
-	$(BIN)/herald demo deploy/local/demo/batch.json deploy/local/demo/digest.json
+	$(BIN)/herald demo deploy/local/demo/batch.json deploy/local/demo/digest.json --scheduled deploy/local/demo/scheduled.json
 
 # N notifications (default 20000); RATE=R requests per second (default: as fast as possible).
 bench: venv

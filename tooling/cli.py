@@ -511,24 +511,38 @@ def web_push_subscription(
 def demo(
     batches: Annotated[list[Path], typer.Argument(exists=True, help="JSON NotificationBatch files to send.")],
     wait: Annotated[float, typer.Option(help="Seconds to wait at most for the batches' events in ClickHouse.")] = 60,
+    scheduled: Annotated[Optional[Path], typer.Option(
+        exists=True, help="JSON NotificationRequest to send with a send_at --scheduled-in seconds ahead.")] = None,
+    scheduled_in: Annotated[float, typer.Option(help="How far ahead the scheduled one goes, in seconds.")] = 5,
 ) -> None:
-    """Send batches through the gateway, wait for them to play out (and for the digests they make),
-    and show where everything is."""
+    """Send batches (and one scheduled notification) through the gateway, wait for them to play out
+    (and for the digests they make), and show where everything is."""
     import time
+    from datetime import datetime, timedelta, timezone
 
     import httpx
 
     settings = get_settings()
     gateway_url = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    headers = {"X-API-Key": settings.api_key, "Content-Type": "application/json"}
     time.sleep(2)  # the stages fold the templates and preferences just published
     ids = []
     for batch in batches:
-        response = httpx.post(f"{gateway_url}/v1/notifications/batch", content=batch.read_bytes(),
-                              headers={"X-API-Key": settings.api_key, "Content-Type": "application/json"}, timeout=10)
+        response = httpx.post(f"{gateway_url}/v1/notifications/batch", content=batch.read_bytes(), headers=headers, timeout=10)
         response.raise_for_status()
         accepted = response.json()["notification_ids"]
         console.print(f"[green]✓[/] batch {batch.name} accepted: {len(accepted)} notifications")
         ids += accepted
+    if scheduled is not None:
+        send_at = datetime.now(timezone.utc) + timedelta(seconds=scheduled_in)
+        body = {**json.loads(scheduled.read_text()), "send_at": send_at.isoformat(),
+                "idempotency_key": f"demo-scheduled-{send_at:%Y%m%dT%H%M%S.%f}"}
+        response = httpx.post(f"{gateway_url}/v1/notifications", json=body, headers=headers, timeout=10)
+        response.raise_for_status()
+        held = response.json()["notification_id"]
+        console.print(f"[green]✓[/] {scheduled.name} accepted, to go at {send_at:%H:%M:%S} UTC ({scheduled_in:g} s from now)")
+        print(f"scheduled   herald status {held}")  # plain: a command to copy, never wrapped
+        ids.append(held)
     with console.status(f"waiting (up to {wait:.0f} s) for the batches' lifecycle events in ClickHouse…"):
         pending = wait_settled(ids, wait)
         gathered = digest_ids(ids)
