@@ -5,7 +5,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -216,6 +216,8 @@ class Settings(BaseSettings):
     # takes its partitions back at once instead of after the dead member's session times out. It
     # must be unique among a stage's running workers; the local supervisor sets one per stage.
     worker_instance_id: str | None = None
+    # Worker processes per stage that `herald worker --stage all` (so `herald up`) runs on this host.
+    worker_replicas: int = Field(default=1, ge=1)
 
     # Delivery: tasks in flight per deliver agent, attempts before giving up, and how long the
     # delivered table remembers a sent notification (longer than any retry can take).

@@ -80,7 +80,8 @@ def worker(
     stage: Annotated[list[str], typer.Option(help="Stage(s) to run, as named in agents/registry.py, or all.")] = ["all"],
     loglevel: Annotated[str, typer.Option(help="crit, error, warn, info or debug.")] = "warn",
 ) -> None:
-    """Run one stage as a Faust worker, or all of them, one process each."""
+    """Run one stage as a Faust worker, or several (all), each in processes of its own
+    (`HERALD_WORKER_REPLICAS` of them per stage)."""
     # Late, and the registry imports a stage only when asked for it: the supervisor of `--stage all`
     # holds none of the stages' libraries in memory.
     from agents.registry import STAGES
@@ -90,8 +91,9 @@ def worker(
     unknown = set(names) - set(STAGES)
     if unknown:
         raise typer.BadParameter(f"unknown stage(s): {', '.join(sorted(unknown))}")
-    if len(names) > 1:
-        raise typer.Exit(run_stage_processes(names, loglevel))
+    replicas = get_settings().worker_replicas
+    if len(names) > 1 or replicas > 1:
+        raise typer.Exit(run_stage_processes(names, loglevel, replicas))
     run_stage(names[0], loglevel)
 
 
