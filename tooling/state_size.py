@@ -20,7 +20,7 @@ from schemas.models import PreferencesUpdated
 from streams.codec import default_serde
 from streams.settings import Settings
 from streams.tables import PreferenceTable
-from streams.topics import DIGEST_USERS, ROUTE_USERS
+from streams.topics import DIGEST_USERS, ROUTE_USERS, TopicSpec
 from streams.user_state import UserStateTable
 
 HOURLY_AND_DAILY = [{"channel": "*", "limit": 3, "period_s": 3600}, {"channel": "*", "limit": 10, "period_s": 86400}]
@@ -48,19 +48,24 @@ def cap_state(user: int, sends_per_channel: int, now: datetime) -> dict[str, Any
     return state
 
 
-def route_state_bytes(settings: Settings, users: int, sends_per_channel: int = 3) -> tuple[int, int]:
-    """(memory, changelog bytes) of route's cap state for `users` users."""
-    now = datetime.now(UTC)
-    values = [json.dumps(cap_state(user, sends_per_channel, now)).encode() for user in range(users)]
+def user_state_bytes(settings: Settings, changelog: TopicSpec, values: list[bytes]) -> tuple[int, int]:
+    """(memory, changelog bytes) of a UserStateTable holding one value per user."""
 
     def fill() -> UserStateTable:
-        table = UserStateTable(settings, ROUTE_USERS)
+        table = UserStateTable(settings, changelog)
         for user, value in enumerate(values):
             table.apply(user % settings.topic_partitions, f"acme/user-{user}".encode(), value)
         return table
 
     memory, _ = measured(fill)
     return memory, sum(len(v) for v in values)
+
+
+def route_state_bytes(settings: Settings, users: int, sends_per_channel: int = 3) -> tuple[int, int]:
+    """(memory, changelog bytes) of route's cap state for `users` users."""
+    now = datetime.now(UTC)
+    return user_state_bytes(settings, ROUTE_USERS,
+                            [json.dumps(cap_state(user, sends_per_channel, now)).encode() for user in range(users)])
 
 
 def digest_window(user: int, items: int, now: datetime) -> dict[str, Any]:
@@ -84,16 +89,8 @@ def digest_window(user: int, items: int, now: datetime) -> dict[str, Any]:
 def digest_state_bytes(settings: Settings, users: int, items: int = 10) -> tuple[int, int]:
     """(memory, changelog bytes) of digest's open windows for `users` users."""
     now = datetime.now(UTC)
-    values = [json.dumps(digest_window(user, items, now)).encode() for user in range(users)]
-
-    def fill() -> UserStateTable:
-        table = UserStateTable(settings, DIGEST_USERS)
-        for user, value in enumerate(values):
-            table.apply(user % settings.topic_partitions, f"acme/user-{user}".encode(), value)
-        return table
-
-    memory, _ = measured(fill)
-    return memory, sum(len(v) for v in values)
+    return user_state_bytes(settings, DIGEST_USERS,
+                            [json.dumps(digest_window(user, items, now)).encode() for user in range(users)])
 
 
 def preference_bytes(settings: Settings, users: int) -> int:
