@@ -366,6 +366,7 @@ def show_landings(settings: Settings, ids: list[str], gateway_url: str) -> None:
     token = mint_token(settings.inbox.token_secret.get_secret_value(), "default", "alice", 24 * 3600)
     print(f"inbox       curl '{gateway_url}/v1/users/alice/inbox?token={token}'")
     print(f"gateway     {gateway_url}  (API key: {settings.api_key})")
+    print(f"dashboard   {gateway_url}/dashboard  (it asks for the API key)")
     print(f"timeline    herald status {ids[0]}")
 
 
